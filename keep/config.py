@@ -1,0 +1,160 @@
+"""The one configuration object of the KEEP platform.
+
+Settings are read, in increasing priority, from the defaults below, a YAML file
+(``keep.yaml`` in the working directory, or the file named by ``KEEP_CONFIG``) and
+environment variables ``KEEP_<SECTION>__<FIELD>`` (for example
+``KEEP_SPARK__MASTER=spark://host:7077`` or ``KEEP_LAKE__ROOT=/data/lake``).
+
+Every job receives a :class:`Settings` explicitly; no function body hard-codes a path,
+a date or a seed. Tool-specific files (Airflow's environment, Feast's
+``feature_store.yaml``) are generated from this object.
+
+Relative paths are resolved against ``home`` (``KEEP_HOME``, default: the current
+working directory), so one checkout can run several isolated pipelines.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+class SparkSettings(BaseModel):
+    """Where and how Spark runs. The same code scales out by changing ``master`` only."""
+
+    master: str = "local[2]"
+    app_name: str = "keep"
+    driver_memory: str = "2g"
+    # 2 cores: a handful of shuffle partitions; at scale, raise to ~2-3x total cores.
+    shuffle_partitions: int = 4
+    # Folder holding the Delta Lake jars fetched once by ``scripts/setup.sh``.
+    jars_dir: Path = Path(".cache/jars")
+    log_level: str = "WARN"
+    # Any further ``spark.*`` settings, passed through verbatim.
+    extra_conf: dict[str, str] = Field(default_factory=dict)
+
+
+class LakeSettings(BaseModel):
+    """Locations of the raw landing zone and the Delta lake."""
+
+    raw_root: Path = Path("var/raw")
+    root: Path = Path("var/lake")
+
+
+class IngestSettings(BaseModel):
+    """Rules of the ingest job (see docs/raw-format.md)."""
+
+    # Known subsystems; an impression from any other scenario is quarantined.
+    scenarios: list[str] = Field(
+        default_factory=lambda: ["search", "feed", "video", "ads"]
+    )
+    # An event may arrive in the log of the day after it happened, up to this much late.
+    allowed_lateness_minutes: int = 60
+    # Impression ids are deduplicated against this many earlier days of bronze.
+    dedup_lookback_days: int = 7
+
+
+class ValidationSettings(BaseModel):
+    """Great Expectations gates."""
+
+    # Fraction of a day's raw impression rows that may be quarantined before the gate fails.
+    max_quarantine_rate: float = 0.10
+    # Great Expectations project folder (Data Docs HTML lives under it).
+    ge_root: Path = Path("var/great_expectations")
+
+
+class GeneratorSettings(BaseModel):
+    """Synthetic super-domain used in demo mode and tests."""
+
+    seed: int = 7
+    n_users: int = 2_000
+    n_items: int = 1_000
+    n_categories: int = 20
+    n_brands: int = 100
+    impressions_per_day: int = 20_000
+
+
+class AirflowSettings(BaseModel):
+    """Airflow's own configuration is generated from these (see keep.airflow_env)."""
+
+    home: Path = Path("var/airflow")
+    parallelism: int = 2
+    # In demo mode the DAG generates the day's raw files before ingesting them.
+    demo_mode: bool = True
+
+
+class PipelineSettings(BaseModel):
+    """Dates of the default demo run."""
+
+    start_ds: dt.date = dt.date(2026, 1, 1)
+    end_ds: dt.date = dt.date(2026, 1, 3)
+
+
+class Settings(BaseSettings):
+    """All settings of one KEEP deployment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KEEP_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    home: Path = Field(default_factory=Path.cwd)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    lake: LakeSettings = Field(default_factory=LakeSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    airflow: AirflowSettings = Field(default_factory=AirflowSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = os.environ.get("KEEP_CONFIG", "keep.yaml")
+        return (
+            init_settings,
+            env_settings,
+            YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file),
+        )
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Settings:
+        self.home = self.home.expanduser().resolve()
+        for section in (self.spark, self.lake, self.validation, self.airflow):
+            for name, value in list(section):
+                if isinstance(value, Path) and not value.is_absolute():
+                    setattr(section, name, self.home / value)
+        return self
+
+    def fingerprint(self) -> str:
+        """Short hash of the settings that change results (not paths), for lineage records."""
+        payload: dict[str, Any] = {
+            "ingest": self.ingest.model_dump(mode="json"),
+            "generator": self.generator.model_dump(mode="json"),
+        }
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from file + environment, with explicit keyword overrides on top."""
+    return Settings(**overrides)

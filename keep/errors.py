@@ -1,0 +1,17 @@
+"""Errors the platform raises on purpose, each with a message that names the fix."""
+
+
+class KeepError(Exception):
+    """Base class of expected, user-facing failures (the CLI prints them without a traceback)."""
+
+
+class SetupError(KeepError):
+    """The machine is missing something set-up provides (Java, Delta jars, ...)."""
+
+
+class InputError(KeepError):
+    """Raw input is missing or unusable as a whole (not a single bad row: those are quarantined)."""
+
+
+class GateFailed(KeepError):
+    """A Great Expectations gate rejected a table; the message summarises the failures."""

@@ -1,0 +1,42 @@
+"""Shared fixtures: one SparkSession for the whole test session, isolated settings per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+
+from keep.config import Settings, load_settings
+from keep.spark import get_spark
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_settings(home: Path, **overrides: object) -> Settings:
+    """Settings rooted at ``home`` (lake, raw files, GE, Airflow all under it), tiny world."""
+    base: dict[str, object] = {
+        "home": home,
+        "spark": {"jars_dir": REPO / ".cache" / "jars", "shuffle_partitions": 2},
+        "generator": {"n_users": 300, "n_items": 200, "impressions_per_day": 2_000},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}  # type: ignore[dict-item]
+        else:
+            base[key] = value
+    return load_settings(**base)
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
+    settings = make_settings(tmp_path_factory.mktemp("spark-home"))
+    session = get_spark(settings)
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
