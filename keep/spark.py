@@ -89,6 +89,9 @@ def spark_conf(settings: Settings) -> dict[str, str]:
 def get_spark(settings: Settings) -> SparkSession:
     """Return the process's SparkSession (created on first call) configured for Delta."""
     check_java()
+    if settings.spark.master.startswith("local"):
+        # Local mode talks to itself only: stay on loopback whatever the hostname resolves to.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder
     for key, value in spark_conf(settings).items():
         builder = builder.config(key, value)

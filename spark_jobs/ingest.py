@@ -254,7 +254,7 @@ def audit(classified: DataFrame, source: str, ds: dt.date) -> DataFrame:
     """One row of counts for ``source`` on ``ds`` (rows_in = stored + quarantined + dups)."""
 
     def count(status: str) -> Column:
-        return F.sum(F.when(F.col("status") == status, 1).otherwise(0)).cast("long")
+        return F.coalesce(F.sum(F.when(F.col("status") == status, 1).otherwise(0)), F.lit(0)).cast("long")
 
     return classified.agg(
         F.count(F.lit(1)).cast("long").alias("rows_in"),
@@ -262,7 +262,7 @@ def audit(classified: DataFrame, source: str, ds: dt.date) -> DataFrame:
         count(QUARANTINED).alias("rows_quarantined"),
         count(DUP_WITHIN).alias("duplicates_within_day"),
         count(DUP_EARLIER).alias("duplicates_earlier_days"),
-        F.sum(F.col("conflict").cast("int")).cast("long").alias("conflicting_duplicates"),
+        F.coalesce(F.sum(F.col("conflict").cast("int")), F.lit(0)).cast("long").alias("conflicting_duplicates"),
     ).select(
         F.lit(source).alias("source"),
         "*",
@@ -270,7 +270,7 @@ def audit(classified: DataFrame, source: str, ds: dt.date) -> DataFrame:
         .otherwise(F.lit(0.0))
         .alias("quarantine_rate"),
         F.lit(ds.isoformat()).alias("ds"),
-    ).na.fill(0, ["conflicting_duplicates"])
+    )
 
 
 @dataclass(frozen=True)

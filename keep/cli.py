@@ -1,0 +1,219 @@
+"""``keep``: the command line of the KEEP platform.
+
+Every command is a thin wrapper over a function of ``keep.pipeline`` (the same ones
+the Airflow DAG calls). Settings come from ``keep.yaml`` / ``KEEP_*`` variables; see
+``keep config``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Annotated, Any, TypeVar
+
+import typer
+import yaml
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from keep.config import load_settings
+from keep.errors import KeepError
+
+app = typer.Typer(
+    name="keep",
+    help="KEEP: knowledge extraction from long-history impression logs, plugged into CTR models.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DateOpt = Annotated[
+    dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Logical day (UTC), YYYY-MM-DD.")
+]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+        force=True,
+    )
+    for noisy in ("py4j", "great_expectations", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _friendly(fn: F) -> F:
+    """Print expected failures (KeepError) as one clear message and exit with code 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KeepError as exc:
+            console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    _setup_logging(verbose)
+
+
+@app.command("config")
+@_friendly
+def show_config() -> None:
+    """Print the effective settings (file + environment overrides) as YAML."""
+    settings = load_settings()
+    out.print(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), end="")
+
+
+@app.command()
+@_friendly
+def generate(
+    start: DateOpt,
+    end: Annotated[
+        dt.datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="Last day (default: --start)."),
+    ] = None,
+) -> None:
+    """Write synthetic raw files (impressions, users, items) for a range of days."""
+    from keep import generator
+    from keep.pipeline import days
+
+    settings = load_settings()
+    span = days(start.date(), (end or start).date())
+    with _progress() as progress:
+        task = progress.add_task("generate", total=len(span))
+        for ds in span:
+            paths = generator.write_day(settings, ds)
+            progress.update(task, advance=1, description=f"generate {ds}")
+    out.print(f"wrote {len(span)} day(s) under {settings.lake.raw_root} (last: {paths['impressions']})")
+
+
+@app.command()
+@_friendly
+def ingest(ds: DateOpt) -> None:
+    """Ingest one day of raw files into the Delta lake (bronze, dim, quarantine)."""
+    from keep import pipeline
+
+    counts = pipeline.ingest(load_settings(), ds.date())
+    table = _counts_table(f"ingest {ds.date()}")
+    for c in counts.values():
+        table.add_row(c.source, *_count_cells(c))
+    out.print(table)
+
+
+@app.command()
+@_friendly
+def validate(ds: DateOpt) -> None:
+    """Run the Great Expectations gate on one day; exit 2 with a summary if it fails."""
+    from keep import pipeline
+
+    report = pipeline.validate(load_settings(), ds.date())
+    out.print(report.summary())
+
+
+@app.command()
+@_friendly
+def run(
+    start: Annotated[
+        dt.datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="First day (default: pipeline.start_ds)."),
+    ] = None,
+    end: Annotated[
+        dt.datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="Last day (default: pipeline.end_ds)."),
+    ] = None,
+    land: Annotated[
+        bool | None,
+        typer.Option(
+            "--land/--no-land",
+            help="Generate the day's raw files first (default: airflow.demo_mode).",
+        ),
+    ] = None,
+) -> None:
+    """Run the daily pipeline locally for a range of days, in order, and summarise it.
+
+    Uses exactly the functions the Airflow DAG calls. Stops at the first failed day,
+    because every day's state depends on the day before.
+    """
+    from keep import pipeline
+
+    settings = load_settings()
+    first = start.date() if start else settings.pipeline.start_ds
+    last = end.date() if end else settings.pipeline.end_ds
+    span = pipeline.days(first, last)
+    results: list[pipeline.DayResult] = []
+    began = time.monotonic()
+    with _progress() as progress:
+        task = progress.add_task("run", total=len(span))
+        for ds in span:
+            progress.update(task, description=f"day {ds}")
+            result = pipeline.run_day(settings, ds, land=land)
+            results.append(result)
+            progress.update(task, advance=1)
+            if not result.ok:
+                break
+    out.print(_summary_table(results))
+    out.print(f"{len(results)} day(s) in {time.monotonic() - began:.0f} s; lake: {settings.lake.root}")
+    failed = [r for r in results if not r.ok]
+    if failed:
+        console.print(f"[bold red]gate failed for {failed[0].ds}:[/]\n{failed[0].error}")
+        raise typer.Exit(code=1)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _counts_table(title: str) -> Table:
+    table = Table(title=title)
+    for name in ("source", "rows in", "stored", "quarantined", "duplicates", "quarantine %"):
+        table.add_column(name, justify="right" if name != "source" else "left")
+    return table
+
+
+def _count_cells(c: Any) -> list[str]:
+    return [
+        f"{c.rows_in:,}",
+        f"{c.rows_stored:,}",
+        f"{c.rows_quarantined:,}",
+        f"{c.duplicates:,}",
+        f"{100 * c.quarantine_rate:.2f}",
+    ]
+
+
+def _summary_table(results: list[Any]) -> Table:
+    table = Table(title="keep run: impressions per day")
+    for name in ("day", "rows in", "stored", "quarantined", "duplicates", "quarantine %", "gate"):
+        table.add_column(name, justify="left" if name in ("day", "gate") else "right")
+    for r in results:
+        imp = r.counts.get("impressions")
+        cells = _count_cells(imp) if imp else ["-"] * 5
+        gate = "[green]passed[/]" if r.ok else "[red]FAILED[/]"
+        table.add_row(str(r.ds), *cells, gate)
+    return table
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,220 @@
+"""Ingest job: quarantine reasons, duplicates, idempotent reruns, partition isolation.
+
+Expected values come from the raw rows the tests write themselves (pandas / json),
+never from the ingest code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from deltalake import DeltaTable
+from pyspark.sql import SparkSession
+
+from keep import generator, lake, raw_format
+from keep.config import Settings
+from keep.errors import InputError
+from keep.schemas import DIM_ITEMS, DIM_USERS, IMPRESSIONS, INGEST_AUDIT, QUARANTINE
+from spark_jobs.ingest import run_ingest
+
+D1 = dt.date(2026, 1, 1)
+D2 = dt.date(2026, 1, 2)
+D3 = dt.date(2026, 1, 3)
+
+
+def write_lines(settings: Settings, source: str, ds: dt.date, lines: list[str]) -> Path:
+    path = raw_format.day_dir(settings, source, ds) / "part-00000.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def clean_rows(settings: Settings, ds: dt.date) -> list[dict]:
+    return generator.impressions_for_day(settings, ds).to_dict(orient="records")
+
+
+def dumps(row: dict) -> str:
+    return json.dumps({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
+
+
+def delta_frame(settings: Settings, spec, ds: dt.date | None = None) -> pd.DataFrame:
+    path = lake.table_path(settings, spec)
+    filters = [("ds", "=", ds.isoformat())] if ds else None
+    return DeltaTable(str(path)).to_pandas(filters=filters)
+
+
+def checksum(df: pd.DataFrame) -> tuple[int, str]:
+    """Row count and an order-independent content hash of a frame."""
+    rows = sorted(json.dumps(r, default=str, sort_keys=True) for r in df.to_dict(orient="records"))
+    return len(rows), hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+def partition_bytes(settings: Settings, spec, ds: dt.date) -> dict[str, str]:
+    """sha256 of every file in partition ``ds``, plus the snapshot's file list for it."""
+    root = lake.table_path(settings, spec)
+    folder = root / f"ds={ds.isoformat()}"
+    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    live = sorted(f for f in DeltaTable(str(root)).file_uris() if f"/ds={ds.isoformat()}/" in f)
+    return digests | {"_live": ",".join(live)}
+
+
+# --------------------------------------------------------------------------- quarantine
+
+
+def defective_rows(ds: dt.date, base: dict) -> list[tuple[str, str]]:
+    """(raw line, expected reason) for one injected defect each."""
+    day = pd.Timestamp(ds.isoformat(), tz="UTC")
+
+    def variant(i: int, **changes: object) -> dict:
+        row = dict(base, impression_id=f"bad-{i:03d}")
+        row.update(changes)
+        return {k: v for k, v in row.items() if v is not _DROP}
+
+    cases: list[tuple[dict | str, str]] = [
+        ('{"impression_id": "bad-000", "user_id": 1, broken', "malformed_record"),
+        (variant(1, impression_id=_DROP), "null_impression_id"),
+        (variant(2, user_id=None), "null_user_id"),
+        (variant(3, user_id="abc"), "bad_type_user_id"),
+        (variant(4, item_id="12x"), "bad_type_item_id"),
+        (variant(5, event_time="yesterday"), "bad_type_event_time"),
+        (variant(6, event_time=(day - pd.Timedelta(hours=3)).isoformat()), "event_time_too_late"),
+        (variant(7, event_time=(day + pd.Timedelta(hours=25)).isoformat()), "event_time_after_day"),
+        (variant(8, scenario="television"), "unknown_scenario"),
+        (variant(9, scenario=""), "null_scenario"),
+        (variant(10, position=-1), "out_of_range_position"),
+        (variant(11, click=2), "out_of_range_click"),
+        (variant(12, cart="yes"), "bad_type_cart"),
+        (variant(13, click=0, cart=1, purchase=0), "cart_without_click"),
+        (variant(14, click=0, cart=0, purchase=1), "purchase_without_click"),
+        (variant(15, position="first"), "bad_type_position"),
+        (variant(16, purchase=7), "out_of_range_purchase"),
+        (variant(17, item_id=None), "null_item_id"),
+    ]
+    return [(c if isinstance(c, str) else json.dumps(c), reason) for c, reason in cases]
+
+
+_DROP = object()
+
+
+@pytest.mark.slow
+def test_quarantine_reasons_and_row_balance(spark: SparkSession, settings: Settings) -> None:
+    rows = clean_rows(settings, D1)[:360]
+    base = dict(rows[0], click=1, cart=0, purchase=0)
+    bad = defective_rows(D1, base)
+    # A late event within the allowed lateness is clean and must be stored.
+    late = dict(rows[1], event_time=(pd.Timestamp(D1.isoformat(), tz="UTC") - pd.Timedelta(minutes=30)).isoformat())
+    rows[1] = late
+    lines = [dumps(r) for r in rows] + [line for line, _ in bad]
+    write_lines(settings, "impressions", D1, lines)
+
+    counts = run_ingest(spark, settings, D1)["impressions"]
+
+    assert 0.04 < len(bad) / len(lines) < 0.06
+    quarantine = delta_frame(settings, QUARANTINE, D1)
+    got = dict(zip(quarantine["raw"], quarantine["reason"], strict=True))
+    assert got == dict(bad), "every injected row, and only those, quarantined with its own reason"
+    stored = delta_frame(settings, IMPRESSIONS, D1)
+    assert set(stored["impression_id"]) == {r["impression_id"] for r in rows}
+    assert counts.rows_in == len(lines) == counts.rows_stored + counts.rows_quarantined + counts.duplicates
+    assert (counts.rows_stored, counts.rows_quarantined, counts.duplicates) == (len(rows), len(bad), 0)
+
+
+@pytest.mark.slow
+def test_duplicates_within_day_and_against_earlier_days(spark: SparkSession, settings: Settings) -> None:
+    day1 = clean_rows(settings, D1)[-100:]  # the day's last events (generator sorts by time)
+    write_lines(settings, "impressions", D1, [dumps(r) for r in day1])
+    run_ingest(spark, settings, D1)
+
+    day2 = clean_rows(settings, D2)[:100]
+    exact = day2[:10]  # re-sent unchanged: plain duplicates
+    non_clicked = [r for r in day2[10:] if r["click"] == 0][:5]
+    upgraded = [dict(r, click=1, cart=1) for r in non_clicked]  # conflicting copies
+    replayed = day1[-7:]  # stored on day 1, re-sent within the allowed lateness
+    lines = [dumps(r) for r in day2 + exact + upgraded + replayed]
+    write_lines(settings, "impressions", D2, lines)
+
+    counts = run_ingest(spark, settings, D2)["impressions"]
+
+    assert counts.rows_in == len(lines)
+    assert counts.duplicates_within_day == len(exact) + len(upgraded)
+    assert counts.conflicting_duplicates == len(upgraded)
+    assert counts.duplicates_earlier_days == len(replayed)
+    assert counts.rows_stored == len(day2)
+    stored = delta_frame(settings, IMPRESSIONS, D2).set_index("impression_id")
+    for row in upgraded:  # the copy furthest down the funnel wins
+        assert (stored.loc[row["impression_id"], ["click", "cart"]] == [1, 1]).all()
+    assert not set(stored.index) & {r["impression_id"] for r in replayed}
+    audit = delta_frame(settings, INGEST_AUDIT, D2).set_index("source")
+    assert audit.loc["impressions", "rows_in"] == len(lines)
+
+
+# --------------------------------------------------------------------------- reruns
+
+
+@pytest.mark.slow
+def test_rerun_is_identical_and_changed_day_touches_only_itself(
+    spark: SparkSession, settings: Settings
+) -> None:
+    for ds in (D1, D2, D3):
+        generator.write_day(settings, ds)
+        run_ingest(spark, settings, ds)
+    tables = (IMPRESSIONS, QUARANTINE, INGEST_AUDIT, DIM_USERS, DIM_ITEMS)
+    before = {t.name: checksum(delta_frame(settings, t)) for t in tables}
+
+    run_ingest(spark, settings, D2)  # same input again
+    assert {t.name: checksum(delta_frame(settings, t)) for t in tables} == before
+
+    others = {ds: partition_bytes(settings, IMPRESSIONS, ds) for ds in (D1, D3)}
+    raw = raw_format.day_dir(settings, "impressions", D2) / "part-00000.jsonl"
+    records = [json.loads(line) for line in raw.read_text().splitlines()]
+    changed = records[::2]  # drop every other row ...
+    for r in changed[:50]:  # ... and flip a label on some of the rest
+        r["click"], r["cart"], r["purchase"] = 1, 0, 0
+    raw.write_text("".join(json.dumps(r) + "\n" for r in changed))
+
+    run_ingest(spark, settings, D2)
+
+    day2 = delta_frame(settings, IMPRESSIONS, D2)
+    assert len(day2) == len(changed)
+    assert set(day2["impression_id"]) == {r["impression_id"] for r in changed}
+    assert day2["click"].sum() == sum(r["click"] for r in changed)
+    assert {ds: partition_bytes(settings, IMPRESSIONS, ds) for ds in (D1, D3)} == others
+
+
+# --------------------------------------------------------------------------- formats, dims, errors
+
+
+@pytest.mark.slow
+def test_csv_and_parquet_inputs_and_dimension_history(spark: SparkSession, settings: Settings) -> None:
+    rows = pd.DataFrame(clean_rows(settings, D1)[:40])
+    folder = raw_format.day_dir(settings, "impressions", D1)
+    folder.mkdir(parents=True)
+    rows.iloc[:20].to_csv(folder / "a.csv", index=False)
+    rows.iloc[20:].to_parquet(folder / "b.parquet", index=False)
+    write_lines(settings, "items", D1, [
+        json.dumps({"item_id": 1, "category_id": 3, "brand_id": 9, "price": 10.0}),
+        json.dumps({"item_id": 2, "category_id": 4, "brand_id": None, "price": -1.0}),
+    ])
+    write_lines(settings, "items", D2, [json.dumps({"item_id": 1, "category_id": 3, "brand_id": 9, "price": 12.5})])
+    write_lines(settings, "impressions", D2, [dumps(r) for r in clean_rows(settings, D2)[:5]])
+
+    counts = run_ingest(spark, settings, D1)
+    run_ingest(spark, settings, D2)
+
+    assert counts["impressions"].rows_stored == 40
+    assert counts["items"].rows_quarantined == 1
+    quarantine = delta_frame(settings, QUARANTINE, D1)
+    assert quarantine.loc[quarantine["source"] == "items", "reason"].tolist() == ["negative_price"]
+    items = lake.read_table(spark, settings, DIM_ITEMS)
+    price = {ds: lake.as_of(items, "item_id", ds).where("item_id = 1").first()["price"] for ds in (D1, D2)}
+    assert price == {D1: 10.0, D2: 12.5}
+
+
+def test_missing_raw_day_is_a_clear_error(spark: SparkSession, settings: Settings) -> None:
+    with pytest.raises(InputError, match="No raw impression files for 2026-01-05"):
+        run_ingest(spark, settings, dt.date(2026, 1, 5))
