@@ -30,6 +30,10 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+# The checkout / install root: set-up artefacts (Delta jars, the dags folder) live here,
+# while data (lake, raw files, Airflow's database) lives under ``Settings.home``.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
 
 class SparkSettings(BaseModel):
     """Where and how Spark runs. The same code scales out by changing ``master`` only."""
@@ -40,7 +44,7 @@ class SparkSettings(BaseModel):
     # 2 cores: a handful of shuffle partitions; at scale, raise to ~2-3x total cores.
     shuffle_partitions: int = 4
     # Folder holding the Delta Lake jars fetched once by ``scripts/setup.sh``.
-    jars_dir: Path = Path(".cache/jars")
+    jars_dir: Path = PROJECT_ROOT / ".cache" / "jars"
     log_level: str = "WARN"
     # Any further ``spark.*`` settings, passed through verbatim.
     extra_conf: dict[str, str] = Field(default_factory=dict)
@@ -57,8 +61,9 @@ class IngestSettings(BaseModel):
     """Rules of the ingest job (see docs/raw-format.md)."""
 
     # Known subsystems; an impression from any other scenario is quarantined.
+    # ``browse`` is the Taobao behaviour log's scenario (docs/taobao.md).
     scenarios: list[str] = Field(
-        default_factory=lambda: ["search", "feed", "video", "ads"]
+        default_factory=lambda: ["search", "feed", "video", "ads", "browse"]
     )
     # An event may arrive in the log of the day after it happened, up to this much late.
     allowed_lateness_minutes: int = 60
@@ -75,15 +80,58 @@ class ValidationSettings(BaseModel):
     ge_root: Path = Path("var/great_expectations")
 
 
+class ScenarioSpec(BaseModel):
+    """One subsystem of the synthetic super-domain."""
+
+    name: str
+    traffic_share: float
+    base_logit: float
+    position_decay: float
+
+
+def _default_scenarios() -> list[ScenarioSpec]:
+    return [
+        ScenarioSpec(name="search", traffic_share=0.35, base_logit=-1.9, position_decay=0.40),
+        ScenarioSpec(name="feed", traffic_share=0.35, base_logit=-2.6, position_decay=0.20),
+        ScenarioSpec(name="video", traffic_share=0.20, base_logit=-2.3, position_decay=0.25),
+        # The sparse downstream subsystem: 10% of the traffic, ~10x fewer impressions per user.
+        ScenarioSpec(name="ads", traffic_share=0.10, base_logit=-3.0, position_decay=0.50),
+    ]
+
+
 class GeneratorSettings(BaseModel):
-    """Synthetic super-domain used in demo mode and tests."""
+    """The synthetic super-domain (docs/generator.md). Its hash names the world."""
 
     seed: int = 7
-    n_users: int = 2_000
-    n_items: int = 1_000
-    n_categories: int = 20
-    n_brands: int = 100
-    impressions_per_day: int = 20_000
+    # First day of the world; dimension files of this day hold every user and item.
+    epoch: dt.date = dt.date(2026, 1, 1)
+    horizon_days: int = 400
+    n_users: int = 5_000
+    n_items: int = 2_000
+    new_users_per_day: int = 25
+    new_items_per_day: int = 10
+    n_categories: int = 40
+    n_brands: int = 400
+    latent_dim: int = 16
+    impressions_per_day: int = 50_000
+    scenarios: list[ScenarioSpec] = Field(default_factory=_default_scenarios)
+    downstream_scenario: str = "ads"
+    activity_sigma: float = 0.8
+    popularity_exponent: float = 0.9
+    item_spread: float = 0.6
+    retrieval_sharpness: float = 1.5
+    affinity_weight: float = 1.6
+    click_noise_sd: float = 0.5
+    drift: float = 0.03
+    price_change_rate: float = 0.01
+    # Where the truth (oracle probabilities, latent interests, world.json) is written:
+    # never beside the raw logs, so no pipeline stage can read it by accident.
+    truth_root: Path = Path("var/truth")
+
+    def world_id(self) -> str:
+        """Hash of everything that defines the world (not where its truth is written)."""
+        blob = json.dumps(self.model_dump(mode="json", exclude={"truth_root"}), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class AirflowSettings(BaseModel):
@@ -139,7 +187,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
         self.home = self.home.expanduser().resolve()
-        for section in (self.spark, self.lake, self.validation, self.airflow):
+        for section in (self.spark, self.lake, self.validation, self.airflow, self.generator):
             for name, value in list(section):
                 if isinstance(value, Path) and not value.is_absolute():
                     setattr(section, name, self.home / value)
@@ -149,7 +197,7 @@ class Settings(BaseSettings):
         """Short hash of the settings that change results (not paths), for lineage records."""
         payload: dict[str, Any] = {
             "ingest": self.ingest.model_dump(mode="json"),
-            "generator": self.generator.model_dump(mode="json"),
+            "world": self.generator.world_id(),
         }
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]

@@ -77,6 +77,7 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
+        "spark.sql.debug.maxToStringFields": "200",
         "spark.sql.sources.partitionOverwriteMode": "static",
         # Keep tables readable by delta-rs: no deletion vectors / row tracking by default.
         "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",

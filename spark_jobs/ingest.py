@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -76,7 +76,7 @@ def _with_reasons(raw: DataFrame, checks: Iterable[Check]) -> DataFrame:
 
 
 def _day_bounds(ds: dt.date) -> tuple[dt.datetime, dt.datetime]:
-    start = dt.datetime(ds.year, ds.month, ds.day)
+    start = dt.datetime(ds.year, ds.month, ds.day, tzinfo=dt.UTC)
     return start, start + dt.timedelta(days=1)
 
 

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up (idempotent), then lint, type-check and run the whole test suite.
+# Extra arguments go to pytest, e.g. `./scripts/test.sh -m "not slow"` for the quick subset.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+echo "== ruff"; .venv/bin/ruff check .
+echo "== mypy"; .venv/bin/mypy
+echo "== pytest"; .venv/bin/pytest "$@"
