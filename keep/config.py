@@ -91,11 +91,11 @@ class ScenarioSpec(BaseModel):
 
 def _default_scenarios() -> list[ScenarioSpec]:
     return [
-        ScenarioSpec(name="search", traffic_share=0.35, base_logit=-1.9, position_decay=0.40),
-        ScenarioSpec(name="feed", traffic_share=0.35, base_logit=-2.6, position_decay=0.20),
-        ScenarioSpec(name="video", traffic_share=0.20, base_logit=-2.3, position_decay=0.25),
+        ScenarioSpec(name="search", traffic_share=0.35, base_logit=-2.4, position_decay=0.40),
+        ScenarioSpec(name="feed", traffic_share=0.35, base_logit=-3.1, position_decay=0.20),
+        ScenarioSpec(name="video", traffic_share=0.20, base_logit=-2.8, position_decay=0.25),
         # The sparse downstream subsystem: 10% of the traffic, ~10x fewer impressions per user.
-        ScenarioSpec(name="ads", traffic_share=0.10, base_logit=-3.0, position_decay=0.50),
+        ScenarioSpec(name="ads", traffic_share=0.10, base_logit=-3.5, position_decay=0.50),
     ]
 
 
@@ -119,8 +119,8 @@ class GeneratorSettings(BaseModel):
     activity_sigma: float = 0.8
     popularity_exponent: float = 0.9
     item_spread: float = 0.6
-    retrieval_sharpness: float = 1.5
-    affinity_weight: float = 1.6
+    retrieval_sharpness: float = 1.0
+    affinity_weight: float = 1.2
     click_noise_sd: float = 0.5
     drift: float = 0.03
     price_change_rate: float = 0.01

@@ -51,7 +51,7 @@ from keep.schemas import DIM_ITEMS, DIM_USERS, IMPRESSIONS, INGEST_AUDIT, TableS
 
 log = logging.getLogger(__name__)
 
-UTC = dt.timezone.utc  # noqa: UP017 (datetime.UTC needs Python 3.11; the project supports 3.10)
+UTC = dt.UTC
 
 DATA_SOURCE = "keep_lake"
 BATCH_DEFINITION = "day"

@@ -344,7 +344,8 @@ def run_ingest(spark: SparkSession, settings: Settings, ds: dt.date) -> dict[str
     finally:
         for df in classified.values():
             df.unpersist()
-    counts = {r["source"]: SourceCounts(**{k: r[k] for k in SourceCounts.__annotations__}) for r in rows}
+    names = SourceCounts.__dataclass_fields__
+    counts = {r["source"]: SourceCounts(**{k: r[k] for k in names}) for r in rows}
     for c in counts.values():
         log.info(
             "ingest %s %s: in=%d stored=%d quarantined=%d duplicates=%d",

@@ -27,7 +27,7 @@ from keep.validation import (
 from spark_jobs.ingest import run_ingest
 
 DS = dt.date(2026, 1, 1)
-UTC = dt.timezone.utc  # noqa: UP017 (Python 3.10 has no datetime.UTC)
+UTC = dt.UTC
 DAY_START = dt.datetime(2026, 1, 1, tzinfo=UTC)
 NEXT_DAY = dt.datetime(2026, 1, 2, tzinfo=UTC)
 # Default allowed lateness is 60 minutes: the earliest accepted event of DS.

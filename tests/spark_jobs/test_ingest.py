@@ -35,7 +35,7 @@ def write_lines(settings: Settings, source: str, ds: dt.date, lines: list[str]) 
 
 
 def clean_rows(settings: Settings, ds: dt.date) -> list[dict]:
-    return generator.impressions_for_day(settings, ds).to_dict(orient="records")
+    return generator.impressions_for_day(settings, ds)[0].to_dict(orient="records")
 
 
 def dumps(row: dict) -> str:

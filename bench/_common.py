@@ -1,0 +1,75 @@
+"""Shared benchmark helpers: timed subprocesses with peak memory of the whole process tree.
+
+Peak RSS is sampled every 100 ms over the process and all its descendants (for Spark jobs
+that includes the JVM child), summed per sample; the figure reported is the largest sum.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+@dataclass
+class Measured:
+    wall_s: float
+    peak_rss_mb: float
+    output: str
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 3600) -> Measured:
+    """Run ``cmd``; return wall time and the peak RSS of its process tree."""
+    full_env = {**os.environ, **(env or {})}
+    began = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        ps = psutil.Process(proc.pid)
+        while not stop.is_set():
+            try:
+                peak = max(peak, tree_rss(ps))
+            except psutil.Error:
+                return
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output, _ = proc.communicate(timeout=timeout)
+    wall = time.perf_counter() - began
+    stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
+    return Measured(wall_s=wall, peak_rss_mb=peak / 2**20, output=output)
+
+
+def write_report(name: str, figures: dict[str, object]) -> Path:
+    out = REPO / "reports" / "bench" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+    print(f"written to {out}")
+    return out
