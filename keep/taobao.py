@@ -10,10 +10,10 @@ documented raw format (docs/raw-format.md)::
     <raw_root>/items/ds=F/taobao-pseudo_items.jsonl         (category, brand) pseudo-items
     <raw_root>/users/ds=F/taobao-user_profile.jsonl         users
 
-Pure Python (pandas / numpy), streaming: every file is read in chunks of ``chunksize``
-lines and appended to hidden per-day temp files that are renamed at the end, so a run
-either lands all its files or none. Same inputs and parameters give byte-identical
-files, independent of ``chunksize``.
+Pure Python (pyarrow compute, numpy, pandas; no Spark), streaming: every file is read in
+chunks of ``chunksize`` lines and appended to hidden per-day temp files, renamed to their
+final names only after every input was converted (on an error they are removed). Same
+inputs and parameters give byte-identical files, independent of ``chunksize``.
 
 No line is dropped silently: a line the adapter cannot convert is written in a form the
 ingest quarantines (a bad field keeps its original text, so ingest flags e.g.
@@ -34,10 +34,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from keep import raw_format
 from keep.config import Settings
@@ -89,16 +92,17 @@ PSEUDO_FALLBACK_BASE = 1 << 41
 MAX_EPOCH_SECONDS = 4_102_444_800
 
 _WS = "".join(chr(c) for c in range(33))  # what Spark's cast trims: ASCII controls + space
-_INT_RE = r"[+-]?[0-9]+"
-_FLOAT_RE = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_INT_RE = r"^[+-]?[0-9]+$"
+_FLOAT_RE = r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
 # Anything Spark's DOUBLE cast might read as a number (NaN, Infinity, 1.5d, ...).
 _SPARK_NUMBER_RE = (
-    r"(?i)[+-]?(?:nan|inf(?:inity)?|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[+-]?[0-9]+)?[df]?)"
+    r"(?i)^[+-]?(?:nan|inf(?:inity)?|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[+-]?[0-9]+)?[df]?)$"
 )
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _SECONDS_PER_DAY = 86_400
 _U64 = np.uint64
 _MASK64 = (1 << 64) - 1
+_STR = pa.large_string()  # all text is large_string: no 2 GiB limit per chunk
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -181,8 +185,8 @@ class _Chunk:
 
     file: str
     line_no: IntArray
-    text: pd.Series
-    fields: pd.DataFrame  # wrong-field-count lines hold "" in every field
+    text: pa.Array  # the original lines
+    fields: dict[str, pa.Array]  # wrong-field-count lines hold "" in every field
     wrong_count: BoolArray
 
     def __len__(self) -> int:
@@ -207,12 +211,16 @@ def _check_header(path: Path, name: str) -> list[str]:
 
 
 def _split(file: str, header: list[str], line_no: IntArray, lines: list[str]) -> _Chunk:
-    text = pd.Series(lines, dtype=object)
+    text = pa.array(lines, type=_STR)
     n = len(header)
-    wrong = (text.str.count(",").to_numpy() + 1) != n
-    safe = text.where(~wrong, "," * (n - 1))
-    fields = safe.str.split(",", expand=True)
-    fields.columns = header
+    wrong = _np(pc.not_equal(pc.count_substring(text, ","), n - 1)).astype(bool)
+    safe = pc.if_else(pa.array(wrong), _s("," * (n - 1)), text)
+    flat = pc.list_flatten(pc.split_pattern(safe, ","))
+    rows = len(lines)
+    fields = {
+        name: flat.take(pa.array(np.arange(j, rows * n, n, dtype=np.int64)))
+        for j, name in enumerate(header)
+    }
     return _Chunk(file, line_no, text, fields, wrong)
 
 
@@ -236,40 +244,69 @@ def _chunks(path: Path, header: list[str], chunksize: int) -> Iterator[_Chunk]:
 # --------------------------------------------------------------------------- parsing
 
 
-def _strip(raw: pd.Series) -> pd.Series:
-    return raw.str.strip(_WS)
+def _s(value: str) -> pa.Scalar:
+    return pa.scalar(value, _STR)
 
 
-def _parse_int(raw: pd.Series) -> tuple[IntArray, BoolArray]:
+def _np(values: pa.Array) -> npt.NDArray[Any]:
+    return values.to_numpy(zero_copy_only=False)
+
+
+def _mask(values: BoolArray) -> pa.Array:
+    return pa.array(values, type=pa.bool_())
+
+
+def _strip(raw: pa.Array) -> pa.Array:
+    return pc.ascii_trim(raw, _WS)
+
+
+def _matches(raw: pa.Array, pattern: str) -> BoolArray:
+    return _np(pc.match_substring_regex(raw, pattern)).astype(bool)
+
+
+def _parse_int(raw: pa.Array) -> tuple[IntArray, BoolArray]:
     """Values and validity: optional sign and ASCII digits within int64, as Spark's cast."""
     s = _strip(raw)
-    ok = s.str.fullmatch(_INT_RE).to_numpy(dtype=bool)
-    digits = s.str.lstrip("+-").str.lstrip("0")
-    width = digits.str.len().to_numpy()
-    negative = s.str.startswith("-").to_numpy(dtype=bool)
-    limit = np.where(negative, "9223372036854775808", "9223372036854775807").astype(object)
-    fits = (width < 19) | ((width == 19) & (digits.to_numpy(dtype=object) <= limit))
-    ok &= fits
-    values = np.zeros(len(s), dtype=np.int64)
-    if ok.any():
-        values[ok] = s[ok].astype(np.int64).to_numpy()
-    return values, ok
+    ok = _matches(s, _INT_RE)
+    digits = pc.ascii_ltrim(pc.ascii_ltrim(s, "+-"), "0")
+    width = _np(pc.binary_length(digits))
+    long = ok & (width >= 19)
+    if long.any():
+        negative = _np(pc.starts_with(s, "-")).astype(bool)
+        idx = np.flatnonzero(long)
+        for i, text in zip(idx.tolist(), digits.take(pa.array(idx)).to_pylist(), strict=True):
+            limit = "9223372036854775808" if negative[i] else "9223372036854775807"
+            ok[i] = len(text) == 19 and text <= limit
+    clean = pc.if_else(_mask(ok), pc.ascii_ltrim(s, "+"), _s("0"))
+    return _np(pc.cast(clean, pa.int64())).astype(np.int64), ok
 
 
-def _parse_epoch(raw: pd.Series) -> tuple[IntArray, BoolArray]:
+def _parse_epoch(raw: pa.Array) -> tuple[IntArray, BoolArray]:
     ts, ok = _parse_int(raw)
     ok &= (ts >= 0) & (ts < MAX_EPOCH_SECONDS)
     return np.where(ok, ts, 0), ok
 
 
-def _is_missing_brand(raw: pd.Series) -> BoolArray:
-    s = _strip(raw)
-    return ((s == "") | (s.str.upper() == "NULL")).to_numpy(dtype=bool)
+def _is_blank(raw: pa.Array) -> BoolArray:
+    return _np(pc.equal(_strip(raw), _s(""))).astype(bool)
 
 
-def _iso(ts: IntArray) -> pd.Series:
-    text = np.datetime_as_string(ts.astype("datetime64[s]"), unit="s")
-    return pd.Series(text, dtype=object) + "Z"
+def _is_missing_brand(raw: pa.Array) -> BoolArray:
+    return _is_blank(raw) | _np(pc.equal(pc.utf8_upper(_strip(raw)), _s("NULL"))).astype(bool)
+
+
+_TIMES_OF_DAY = pa.array(
+    [f"T{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}Z" for s in range(_SECONDS_PER_DAY)],
+    type=_STR,
+)
+
+
+def _iso(ts: IntArray) -> pa.Array:
+    """UTC ISO-8601 text of unix seconds, e.g. 1494000000 -> 2017-05-05T16:00:00Z."""
+    days, index = np.unique(ts // _SECONDS_PER_DAY, return_inverse=True)
+    dates = pa.array([_date(d).isoformat() for d in days.tolist()], type=_STR)
+    time_of_day = _TIMES_OF_DAY.take(pa.array(ts % _SECONDS_PER_DAY))
+    return pc.binary_join_element_wise(dates.take(pa.array(index)), time_of_day, _s(""))
 
 
 def _day(ts: IntArray, ok: BoolArray) -> IntArray:
@@ -289,19 +326,16 @@ def _first_reason(checks: Sequence[tuple[str, BoolArray]], n: int) -> ObjArray:
     return out
 
 
-def _hash64(keys: pd.Series) -> tuple[list[str], U64Array]:
+def _hash64(keys: pa.Array) -> tuple[pa.Array, U64Array]:
     """blake2b-64 of each key (UTF-8): hex strings and the same values as uint64."""
-    digests = [hashlib.blake2b(k.encode("utf-8"), digest_size=8).digest() for k in keys]
+    digests = [hashlib.blake2b(k.encode("utf-8"), digest_size=8).digest() for k in keys.to_pylist()]
     values = np.frombuffer(b"".join(digests), dtype=">u8").astype(np.uint64)
-    return [d.hex() for d in digests], values
+    return pa.array([d.hex() for d in digests], type=_STR), values
 
 
-def _key(fields: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
+def _key(fields: dict[str, pa.Array], columns: Sequence[str]) -> pa.Array:
     """The fields (surrounding whitespace removed) joined by commas: the hash input of ids."""
-    out = _strip(fields[columns[0]])
-    for c in columns[1:]:
-        out = out + "," + _strip(fields[c])
-    return out
+    return pc.binary_join_element_wise(*[_strip(fields[c]) for c in columns], _s(","))
 
 
 def splitmix64(x: U64Array) -> U64Array:
@@ -329,77 +363,92 @@ def pseudo_item_id(cate: IntArray, brand: IntArray) -> IntArray:
 
 # --------------------------------------------------------------------------- JSON text
 
-
-def _num(values: npt.NDArray[np.generic]) -> pd.Series:
-    return pd.Series(values.astype(str), dtype=object)
-
-
-def _jstr(values: pd.Series | Sequence[str]) -> pd.Series:
-    return pd.Series([json.dumps(v) for v in values], dtype=object)
+# JSON text of one column: per row (array) or the same for every row (scalar).
+Fragment: TypeAlias = "pa.Array | pa.Scalar"
 
 
-def _int_fragment(raw: pd.Series, values: IntArray, ok: BoolArray) -> pd.Series:
+def _num(values: npt.NDArray[np.int64]) -> pa.Array:
+    return pc.cast(pa.array(values, type=pa.int64()), _STR)
+
+
+def _jstr(values: Sequence[str]) -> pa.Array:
+    return pa.array([json.dumps(v) for v in values], type=_STR)
+
+
+def _quoted(values: pa.Array) -> pa.Array:
+    """Values known to need no escaping (ids, ISO times, letters) as JSON strings."""
+    return pc.binary_join_element_wise(_s('"'), values, _s('"'), _s(""))
+
+
+def _int_fragment(raw: pa.Array, values: IntArray, ok: BoolArray) -> pa.Array:
     """JSON numbers for valid values; the original text as a JSON string otherwise."""
     out = _num(values)
     if not ok.all():
-        out[~ok] = _jstr(raw[~ok]).to_numpy()
+        bad = _jstr(raw.filter(_mask(~ok)).to_pylist())
+        out = pc.replace_with_mask(out, _mask(~ok), bad)
     return out
 
 
 def _optional_fragment(
-    raw: pd.Series, values: IntArray, ok: BoolArray, blank: BoolArray
-) -> pd.Series:
-    out = _int_fragment(raw, values, ok)
-    out[blank] = '""'
-    return out
+    raw: pa.Array, values: IntArray, ok: BoolArray, blank: BoolArray
+) -> pa.Array:
+    return pc.if_else(_mask(blank), _s('""'), _int_fragment(raw, values, ok | blank))
 
 
-def _const(value: str, n: int) -> pd.Series:
-    return pd.Series([value] * n, dtype=object)
-
-
-def _records(columns: Sequence[tuple[str, pd.Series]], tail: pd.Series) -> pd.Series:
+def _records(columns: Sequence[tuple[str, Fragment]], tail: Fragment) -> pa.Array:
     """JSON objects from per-column JSON fragments; ``tail`` closes each object."""
-    name, frag = columns[0]
-    out = f'{{"{name}": ' + frag
-    for name, frag in columns[1:]:
-        out = out + f', "{name}": ' + frag
-    return out + tail
+    parts: list[Fragment] = []
+    for i, (name, frag) in enumerate(columns):
+        opener = "{" if i == 0 else ", "
+        parts += [_s(f'{opener}"{name}": '), frag]
+    return pc.binary_join_element_wise(*parts, tail, _s(""))
 
 
 def _lines(
-    chunk: _Chunk, columns: Sequence[tuple[str, pd.Series]], marker: ObjArray, field_bad: ObjArray
-) -> tuple[pd.Series, ObjArray]:
+    chunk: _Chunk, columns: Sequence[tuple[str, Fragment]], marker: ObjArray, field_bad: ObjArray
+) -> tuple[pa.Array, ObjArray]:
     """Output text per input line, and its adapter reason ("" for good rows).
 
     Good rows are JSON objects. Rows with a bad field are JSON objects holding that field's
     original text plus ``taobao_error`` / ``taobao_source`` / ``taobao_raw``. Rows that cannot
     be converted (``marker``) become ``taobao <file>:<line> <reason>: <original line>``.
     """
-    n = len(chunk)
     is_marker = marker != ""
     is_bad = ~is_marker & (field_bad != "")
-    tail = _const("}", n)
+    tail: Fragment = _s("}")
     if is_bad.any():
-        where = [f"{chunk.file}:{no}" for no in chunk.line_no[is_bad]]
-        tail[is_bad] = (
-            ', "taobao_error": '
-            + _jstr(field_bad[is_bad].tolist())
-            + ', "taobao_source": '
-            + _jstr(where)
-            + ', "taobao_raw": '
-            + _jstr(chunk.text[is_bad])
-            + "}"
-        ).to_numpy()
+        raw = chunk.text.filter(_mask(is_bad)).to_pylist()
+        extras = [
+            f", {_jkv('taobao_error', reason)}, {_jkv('taobao_source', f'{chunk.file}:{no}')}, "
+            f"{_jkv('taobao_raw', line)}}}"
+            for no, reason, line in zip(chunk.line_no[is_bad], field_bad[is_bad], raw, strict=True)
+        ]
+        tail = pc.replace_with_mask(
+            pa.repeat(_s("}"), len(chunk)), _mask(is_bad), pa.array(extras, type=_STR)
+        )
     text = _records(columns, tail)
     if is_marker.any():
-        text[is_marker] = [
+        raw = chunk.text.filter(_mask(is_marker)).to_pylist()
+        markers = [
             f"taobao {chunk.file}:{no} {reason}: {line}"
             for no, reason, line in zip(
-                chunk.line_no[is_marker], marker[is_marker], chunk.text[is_marker], strict=True
+                chunk.line_no[is_marker], marker[is_marker], raw, strict=True
             )
         ]
+        text = pc.replace_with_mask(text, _mask(is_marker), pa.array(markers, type=_STR))
     return text, np.where(is_marker, marker, field_bad)
+
+
+def _jkv(key: str, value: str) -> str:
+    return f"{json.dumps(key)}: {json.dumps(value)}"
+
+
+def _as_bytes(text: pa.Array) -> memoryview:
+    """The lines of ``text``, each followed by a newline, as one UTF-8 buffer."""
+    joined = pc.binary_join_element_wise(text, _s("\n"), _s(""))
+    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)
+    first, last = offsets[joined.offset], offsets[joined.offset + len(joined)]
+    return memoryview(joined.buffers()[2])[first:last]
 
 
 # --------------------------------------------------------------------------- output
@@ -418,39 +467,38 @@ class _Output:
         folder = raw_format.day_dir(self._settings, kind, day)
         return folder / f"{OUTPUT_PREFIX}{name}.jsonl"
 
-    def _append_to(self, tmp: Path, fresh: bool, lines: Sequence[str]) -> None:
+    def _append_to(self, tmp: Path, fresh: bool, text: pa.Array) -> None:
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("w" if fresh else "a", encoding="utf-8", newline="\n") as f:
-            f.write("\n".join(lines) + "\n")
+        with tmp.open("wb" if fresh else "ab") as f:
+            f.write(_as_bytes(text))
 
-    def append(self, kind: str, day: dt.date, name: str, lines: Sequence[str]) -> None:
-        if not lines:
+    def append(self, kind: str, day: dt.date, name: str, text: pa.Array) -> None:
+        if len(text) == 0:
             return
         final = self.final_path(kind, day, name)
         fresh = final not in self._temps
         if fresh:
             self._temps[final] = final.with_name(f".{final.name}.tmp")
-        self._append_to(self._temps[final], fresh, lines)
+        self._append_to(self._temps[final], fresh, text)
 
-    def append_undated(self, name: str, lines: Sequence[str]) -> None:
+    def append_undated(self, name: str, text: pa.Array) -> None:
         """Lines without a usable day: kept aside, appended to the first day at the end."""
-        if not lines:
+        if len(text) == 0:
             return
         fresh = name not in self._undated
         if fresh:
             self._undated[name] = (
                 self._settings.lake.raw_root / "impressions" / f".{OUTPUT_PREFIX}{name}.undated.tmp"
             )
-        self._append_to(self._undated[name], fresh, lines)
+        self.undated_lines += len(text)
+        self._append_to(self._undated[name], fresh, text)
 
-    def write_days(self, kind: str, name: str, day: IntArray, text: pd.Series) -> Counter[int]:
+    def write_days(self, kind: str, name: str, day: IntArray, text: pa.Array) -> Counter[int]:
         """Append each line to the file of its day (-1: undated); lines per day."""
-        undated = day < 0
-        self.undated_lines += int(undated.sum())
-        self.append_undated(name, text[undated].tolist())
+        self.append_undated(name, text.filter(_mask(day < 0)))
         counts: Counter[int] = Counter()
-        for d in np.unique(day[~undated]).tolist():
-            rows = text[day == d].tolist()
+        for d in np.unique(day[day >= 0]).tolist():
+            rows = text.filter(_mask(day == d))
             self.append(kind, _date(d), name, rows)
             counts[d] += len(rows)
         return counts
@@ -494,14 +542,14 @@ class _Run:
 # --------------------------------------------------------------------------- raw_sample
 
 
-def _convert_raw_sample(chunk: _Chunk, scenario: str) -> tuple[IntArray, pd.Series, ObjArray]:
+def _convert_raw_sample(chunk: _Chunk, scenario: str) -> tuple[IntArray, pa.Array, ObjArray]:
     f = chunk.fields
     n = len(chunk)
     ts, ts_ok = _parse_epoch(f["time_stamp"])
     user, user_ok = _parse_int(f["user"])
     item, item_ok = _parse_int(f["adgroup_id"])
     pid = _strip(f["pid"])
-    pid_ok = pid.str.fullmatch(r"[0-9]+_[0-9]+").to_numpy(dtype=bool)
+    pid_ok = _matches(pid, r"^[0-9]+_[0-9]+$")
     clk, clk_ok = _parse_int(f["clk"])
     clk_ok &= (clk == 0) | (clk == 1)
     nonclk, nonclk_ok = _parse_int(f["nonclk"])
@@ -519,17 +567,20 @@ def _convert_raw_sample(chunk: _Chunk, scenario: str) -> tuple[IntArray, pd.Seri
         [("bad_user", ~user_ok), ("bad_adgroup_id", ~item_ok), ("bad_clk", ~clk_ok)], n
     )
     ids, _ = _hash64(_key(f, ("user", "time_stamp", "adgroup_id", "pid")))
-    position = pid.map(PID_POSITIONS).fillna(PID_OTHER_POSITION).astype(np.int64).to_numpy()
-    columns = [
-        ("impression_id", '"ad-' + pd.Series(ids, dtype=object) + '"'),
+    known = pa.array(list(PID_POSITIONS), type=_STR)
+    slot = pc.index_in(pid, value_set=known).to_numpy(zero_copy_only=False)
+    positions = np.array(list(PID_POSITIONS.values()) + [PID_OTHER_POSITION], dtype=np.int64)
+    position = positions[np.where(np.isnan(slot.astype(float)), len(known), slot).astype(np.int64)]
+    columns: list[tuple[str, Fragment]] = [
+        ("impression_id", pc.binary_join_element_wise(_s('"ad-'), ids, _s('"'), _s(""))),
         ("user_id", _int_fragment(f["user"], user, user_ok)),
         ("item_id", _int_fragment(f["adgroup_id"], item, item_ok)),
-        ("event_time", '"' + _iso(ts) + '"'),
-        ("scenario", _const(json.dumps(scenario), n)),
+        ("event_time", _quoted(_iso(ts))),
+        ("scenario", _s(json.dumps(scenario))),
         ("position", _num(position)),
         ("click", _int_fragment(f["clk"], clk, clk_ok)),
-        ("cart", _const("0", n)),
-        ("purchase", _const("0", n)),
+        ("cart", _s("0")),
+        ("purchase", _s("0")),
     ]
     text, reasons = _lines(chunk, columns, marker, field_bad)
     return _day(ts, ts_ok), text, reasons
@@ -571,7 +622,8 @@ def _parse_behavior(chunk: _Chunk) -> _Behavior:
     ts, ts_ok = _parse_epoch(f["time_stamp"])
     user, user_ok = _parse_int(f["user"])
     btag = _strip(f["btag"])
-    btag_ok = btag.isin(list(BTAG_LABELS)).to_numpy(dtype=bool)
+    code = _np(pc.index_in(btag, value_set=pa.array(list(BTAG_LABELS), type=_STR)))
+    btag_ok = ~np.isnan(code.astype(float))
     cate, cate_ok = _parse_int(f["cate"])
     brand_missing = _is_missing_brand(f["brand"])
     brand, brand_ok = _parse_int(f["brand"])
@@ -589,8 +641,7 @@ def _parse_behavior(chunk: _Chunk) -> _Behavior:
     )
     field_bad = _first_reason([("bad_user", ~user_ok)], n)
     table = np.array([*BTAG_LABELS.values(), (0, 0, 0)], dtype=np.int64)
-    code = btag.map({tag: i for i, tag in enumerate(BTAG_LABELS)}).fillna(len(BTAG_LABELS))
-    labels = table[code.to_numpy(dtype=np.int64)]
+    labels = table[np.where(btag_ok, code, len(BTAG_LABELS)).astype(np.int64)]
     return _Behavior(
         ts=ts,
         day=_day(ts, ts_ok),
@@ -712,78 +763,70 @@ def _scan_behavior(run: _Run, path: Path, header: list[str]) -> _Popularity:
 
 
 def _behavior_columns(
-    ids: pd.Series, user: pd.Series, item: pd.Series, iso: pd.Series, labels: IntArray
-) -> list[tuple[str, pd.Series]]:
-    n = len(ids)
+    ids: pa.Array, user: pa.Array, item: pa.Array, iso: pa.Array, labels: Sequence[Fragment]
+) -> list[tuple[str, Fragment]]:
     return [
         ("impression_id", ids),
         ("user_id", user),
         ("item_id", item),
-        ("event_time", '"' + iso + '"'),
-        ("scenario", _const(json.dumps(BROWSE_SCENARIO), n)),
-        ("position", _const("0", n)),
-        ("click", _num(labels[:, 0])),
-        ("cart", _num(labels[:, 1])),
-        ("purchase", _num(labels[:, 2])),
+        ("event_time", _quoted(iso)),
+        ("scenario", _s(json.dumps(BROWSE_SCENARIO))),
+        ("position", _s("0")),
+        ("click", labels[0]),
+        ("cart", labels[1]),
+        ("purchase", labels[2]),
     ]
 
 
 def _negative_lines(
-    b: _Behavior, hexes: list[str], iso: pd.Series, neg: IntArray, rows: IntArray
-) -> tuple[list[str], list[int], list[int]]:
+    b: _Behavior, hexes: pa.Array, iso: pa.Array, neg: IntArray, rows: IntArray
+) -> tuple[pa.Array, IntArray, IntArray]:
     """Text, day and order key of the negatives of ``rows`` (k per row, after the positive)."""
     k = neg.shape[1]
-    n = len(rows) * k
     row_rep = np.repeat(rows, k)
-    j_rep = np.tile(np.arange(k), len(rows))
-    ids = pd.Series(
-        [f'"bn-{hexes[r]}-{j}"' for r, j in zip(row_rep.tolist(), j_rep.tolist(), strict=True)],
-        dtype=object,
+    j_rep = np.tile(np.arange(k, dtype=np.int64), len(rows))
+    take = pa.array(row_rep, type=pa.int64())
+    ids = pc.binary_join_element_wise(
+        _s('"bn-'), hexes.take(take), _s("-"), _num(j_rep), _s('"'), _s("")
     )
+    zero = _s("0")
     columns = _behavior_columns(
-        ids,
-        _num(b.user[row_rep]),
-        _num(neg[rows].reshape(n)),
-        iso.iloc[row_rep].reset_index(drop=True),
-        np.zeros((n, 3), dtype=np.int64),
+        ids, _num(b.user[row_rep]), _num(neg[rows].reshape(-1)), iso.take(take), [zero] * 3
     )
-    text = _records(columns, _const("}", n)).tolist()
-    order = (row_rep * (k + 1) + 1 + j_rep).tolist()
-    return text, b.day[row_rep].tolist(), order
+    order = row_rep * (k + 1) + 1 + j_rep
+    return _records(columns, _s("}")), b.day[row_rep], order
 
 
 def _convert_behavior(
     run: _Run, chunk: _Chunk, pop: _Popularity
-) -> tuple[IntArray, pd.Series, ObjArray, int]:
+) -> tuple[IntArray, pa.Array, ObjArray, int]:
     """Output lines (positives, each followed by its negatives), days, reasons, skipped."""
     b = _parse_behavior(chunk)
     k = run.negatives_per_positive
     hexes, hashes = _hash64(_key(chunk.fields, ("user", "time_stamp", "btag", "cate", "brand")))
     iso = _iso(b.ts)
     columns = _behavior_columns(
-        '"bl-' + pd.Series(hexes, dtype=object) + '"',
+        pc.binary_join_element_wise(_s('"bl-'), hexes, _s('"'), _s("")),
         _int_fragment(chunk.fields["user"], b.user, b.user_ok),
         _num(b.item),
         iso,
-        b.labels,
+        [_num(b.labels[:, i]) for i in range(3)],
     )
     text, reasons = _lines(chunk, columns, b.marker, b.field_bad)
     valid = np.flatnonzero(b.valid)
-    skipped = 0
     if k == 0 or len(valid) == 0:
-        return b.day, text, reasons, skipped
+        return b.day, text, reasons, 0
     neg, possible = draw_negatives(
         pop, b.day[valid], b.item[valid], hashes[valid], k, run.settings.generator.seed
     )
-    skipped = int((~possible).sum()) * k
     full = np.zeros((len(chunk), k), dtype=np.int64)
     full[valid] = neg
     neg_text, neg_day, neg_order = _negative_lines(b, hexes, iso, full, valid[possible])
-    order = np.concatenate([np.arange(len(chunk)) * (k + 1), np.array(neg_order, dtype=np.int64)])
+    order = np.concatenate([np.arange(len(chunk), dtype=np.int64) * (k + 1), neg_order])
     perm = np.argsort(order, kind="stable")
-    all_text = pd.Series(text.tolist() + neg_text, dtype=object).iloc[perm].reset_index(drop=True)
-    all_day = np.concatenate([b.day, np.array(neg_day, dtype=np.int64)])[perm]
-    return all_day, all_text, reasons, skipped
+    all_text = pa.concat_arrays([text, neg_text]).take(pa.array(perm))
+    all_day = np.concatenate([b.day, neg_day])[perm]
+    return all_day, all_text, reasons, int((~possible).sum()) * k
 
 
 def _import_behavior(run: _Run, path: Path, summary: SourceSummary) -> _Popularity:
@@ -801,15 +844,14 @@ def _import_behavior(run: _Run, path: Path, summary: SourceSummary) -> _Populari
 # --------------------------------------------------------------------------- dimensions
 
 
-def _parse_price(raw: pd.Series) -> tuple[npt.NDArray[np.float64], ObjArray]:
+def _parse_price(raw: pa.Array) -> tuple[npt.NDArray[np.float64], ObjArray]:
     """Prices and a problem per row: "" ok, "bad_price" (ingest flags it), "bad_price_value"."""
     s = _strip(raw)
-    grammar = s.str.fullmatch(_FLOAT_RE).to_numpy(dtype=bool)
-    values = np.full(len(s), np.nan)
-    if grammar.any():
-        values[grammar] = s[grammar].astype(float).to_numpy()
+    grammar = _matches(s, _FLOAT_RE)
+    clean = pc.if_else(_mask(grammar), s, _s("0"))
+    values = np.where(grammar, _np(pc.cast(clean, pa.float64())), np.nan)
     finite = grammar & np.isfinite(values)
-    spark_number = s.str.fullmatch(_SPARK_NUMBER_RE).to_numpy(dtype=bool)
+    spark_number = _matches(s, _SPARK_NUMBER_RE)
     problem = _first_reason(
         [
             ("bad_price_value", spark_number & ~finite),
@@ -820,11 +862,12 @@ def _parse_price(raw: pd.Series) -> tuple[npt.NDArray[np.float64], ObjArray]:
     return np.where(problem == "", values, np.nan), problem
 
 
-def _price_text(values: npt.NDArray[np.float64]) -> pd.Series:
-    return pd.Series([repr(float(v)) for v in values], dtype=object)
+def _price_text(values: npt.NDArray[np.float64]) -> pa.Array:
+    """Shortest round-trip text of each price (Python's repr, e.g. 10.0, 1e+20)."""
+    return pa.array([repr(v) for v in values.tolist()], type=_STR)
 
 
-def _convert_ad_feature(chunk: _Chunk) -> tuple[pd.Series, ObjArray, pd.DataFrame]:
+def _convert_ad_feature(chunk: _Chunk) -> tuple[pa.Array, ObjArray, pd.DataFrame]:
     f = chunk.fields
     n = len(chunk)
     item, item_ok = _parse_int(f["adgroup_id"])
@@ -851,8 +894,9 @@ def _convert_ad_feature(chunk: _Chunk) -> tuple[pd.Series, ObjArray, pd.DataFram
     price_frag = _price_text(price)
     bad_price = price_problem != ""
     if bad_price.any():
-        price_frag[bad_price] = _jstr(f["price"][bad_price]).to_numpy()
-    columns = [
+        bad = _jstr(f["price"].filter(_mask(bad_price)).to_pylist())
+        price_frag = pc.replace_with_mask(price_frag, _mask(bad_price), bad)
+    columns: list[tuple[str, Fragment]] = [
         ("item_id", _int_fragment(f["adgroup_id"], item, item_ok)),
         ("category_id", _int_fragment(f["cate_id"], cate, cate_ok)),
         ("brand_id", _optional_fragment(f["brand"], brand, brand_ok, brand_missing)),
@@ -871,7 +915,7 @@ def _import_ad_feature(run: _Run, path: Path, day: dt.date, summary: SourceSumma
     for chunk in _chunks(path, header, run.chunksize):
         text, reasons, chunk_prices = _convert_ad_feature(chunk)
         summary.count(reasons)
-        run.out.append("items", day, "ad_feature", text.tolist())
+        run.out.append("items", day, "ad_feature", text)
         prices.append(chunk_prices)
     out = pd.concat(prices, ignore_index=True)
     if (large := int((out["item"] >= PSEUDO_BASE).sum())) > 0:
@@ -899,18 +943,17 @@ def _write_pseudo_items(run: _Run, pop: _Popularity, day: dt.date, ad_prices: pd
         return 0
     brand = attrs["brand"].to_numpy(dtype=np.int64)
     missing = attrs["brand_missing"].to_numpy(dtype=bool)
-    columns = [
+    columns: list[tuple[str, Fragment]] = [
         ("item_id", _num(attrs["item"].to_numpy(dtype=np.int64))),
         ("category_id", _num(attrs["cate"].to_numpy(dtype=np.int64))),
-        ("brand_id", _num(brand).where(~missing, '""')),
+        ("brand_id", pc.if_else(_mask(missing), _s('""'), _num(brand))),
         ("price", _price_text(pseudo_item_prices(attrs["cate"], ad_prices))),
     ]
-    text = _records(columns, _const("}", len(attrs)))
-    run.out.append("items", day, "pseudo_items", text.tolist())
+    run.out.append("items", day, "pseudo_items", _records(columns, _s("}")))
     return len(attrs)
 
 
-def _convert_user_profile(chunk: _Chunk) -> tuple[pd.Series, ObjArray]:
+def _convert_user_profile(chunk: _Chunk) -> tuple[pa.Array, ObjArray]:
     f = chunk.fields
     n = len(chunk)
     user, user_ok = _parse_int(f["userid"])
@@ -918,10 +961,10 @@ def _convert_user_profile(chunk: _Chunk) -> tuple[pd.Series, ObjArray]:
     gender = np.where(
         gender_ok & (gender_code == 1), "M", np.where(gender_ok & (gender_code == 2), "F", "U")
     )
-    optional: dict[str, tuple[pd.Series, BoolArray]] = {}
+    optional: dict[str, tuple[pa.Array, BoolArray]] = {}
     for column in ("age_level", "pvalue_level"):
         values, ok = _parse_int(f[column])
-        blank = (_strip(f[column]) == "").to_numpy(dtype=bool)
+        blank = _is_blank(f[column])
         ok &= values >= 0
         optional[column] = (_optional_fragment(f[column], values, ok, blank), ok | blank)
     marker = _first_reason([("wrong_field_count", chunk.wrong_count)], n)
@@ -933,9 +976,9 @@ def _convert_user_profile(chunk: _Chunk) -> tuple[pd.Series, ObjArray]:
         ],
         n,
     )
-    columns = [
+    columns: list[tuple[str, Fragment]] = [
         ("user_id", _int_fragment(f["userid"], user, user_ok)),
-        ("gender", '"' + pd.Series(gender, dtype=object) + '"'),
+        ("gender", _quoted(pa.array(gender, type=_STR))),
         ("age_level", optional["age_level"][0]),
         ("purchase_power", optional["pvalue_level"][0]),
     ]
@@ -947,7 +990,7 @@ def _import_user_profile(run: _Run, path: Path, day: dt.date, summary: SourceSum
     for chunk in _chunks(path, header, run.chunksize):
         text, reasons = _convert_user_profile(chunk)
         summary.count(reasons)
-        run.out.append("users", day, "user_profile", text.tolist())
+        run.out.append("users", day, "user_profile", text)
 
 
 # --------------------------------------------------------------------------- entry point

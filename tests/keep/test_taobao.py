@@ -119,7 +119,9 @@ def h64(text: str) -> str:
 
 
 def all_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -150,11 +152,19 @@ def test_raw_sample_days_times_ids_and_labels(settings: Settings, source: Path) 
         "purchase": 0,
     }
     assert isinstance(d1[1], dict)
-    assert (d1[1]["event_time"], d1[1]["position"], d1[1]["click"]) == ("2017-05-05T23:59:59Z", 1, 1)
+    assert (d1[1]["event_time"], d1[1]["position"], d1[1]["click"]) == (
+        "2017-05-05T23:59:59Z",
+        1,
+        1,
+    )
     assert d1[4] == first  # the exact copy gets the same id: ingest dedupes it
     assert isinstance(d2[0], dict) and isinstance(d2[1], dict)
     assert (d2[0]["event_time"], d2[0]["click"]) == ("2017-05-06T00:00:00Z", 0)
-    assert (d2[1]["event_time"], d2[1]["position"], d2[1]["click"]) == ("2017-05-06T00:20:00Z", 2, 1)
+    assert (d2[1]["event_time"], d2[1]["position"], d2[1]["click"]) == (
+        "2017-05-06T00:20:00Z",
+        2,
+        1,
+    )
 
 
 def test_raw_sample_bad_lines_are_passed_through(settings: Settings, source: Path) -> None:
@@ -185,10 +195,36 @@ def test_raw_sample_bad_lines_are_passed_through(settings: Settings, source: Pat
     }
 
 
+def test_integer_fields_follow_the_ingest_cast(settings: Settings, tmp_path: Path) -> None:
+    # Spark's try_cast(... AS BIGINT) trims whitespace, accepts a sign, rejects decimals
+    # and values beyond 64 bits; the adapter must agree value by value.
+    lines = [
+        RAW_SAMPLE[0],
+        " +7 ,1494000000,11,430548_1007,1,0",
+        "-3,\t1494000000 ,11,430548_1007,1,0",
+        "1.0,1494000000,11,430548_1007,1,0",
+        "9223372036854775808,1494000000,11,430548_1007,1,0",
+        "9223372036854775807,1494000000,11,430548_1007,1,0",
+    ]
+    source = write_inputs(tmp_path / "ints", {"raw_sample.csv": lines})
+    summary = import_taobao(settings, source)
+    rows = read_out(settings, "impressions", D1, "raw_sample")
+    assert [r["user_id"] for r in rows if isinstance(r, dict)] == [
+        7,
+        -3,
+        "1.0",
+        "9223372036854775808",
+        9223372036854775807,
+    ]
+    assert summary.sources["raw_sample.csv"].bad_reasons == {"bad_user": 2}
+
+
 # --------------------------------------------------------------------------- behavior_log
 
 
-def test_behavior_log_positives_negatives_and_pseudo_items(settings: Settings, source: Path) -> None:
+def test_behavior_log_positives_negatives_and_pseudo_items(
+    settings: Settings, source: Path
+) -> None:
     summary = import_taobao(settings, source)
     d1 = read_out(settings, "impressions", D1, "behavior_log")
     # positives 2, 3, 4 each followed by its negative, then undated lines 10 and 11
@@ -207,14 +243,22 @@ def test_behavior_log_positives_negatives_and_pseudo_items(settings: Settings, s
         "cart": 0,
         "purchase": 0,
     }
-    assert [(r["click"], r["cart"], r["purchase"]) for r in pos] == [(1, 0, 0), (1, 1, 0), (1, 0, 1)]
+    assert [(r["click"], r["cart"], r["purchase"]) for r in pos] == [
+        (1, 0, 0),
+        (1, 1, 0),
+        (1, 0, 1),
+    ]
     assert pos[2]["item_id"] == ITEM_B
     # D1 holds two pseudo-items; a negative is never the positive's own item.
     assert [r["item_id"] for r in neg] == [ITEM_B, ITEM_B, ITEM_A]
     for p, n in zip(pos, neg, strict=True):
         assert n["impression_id"] == "bn-" + p["impression_id"][3:] + "-0"
         assert (n["click"], n["cart"], n["purchase"]) == (0, 0, 0)
-        assert (n["user_id"], n["event_time"], n["scenario"]) == (p["user_id"], p["event_time"], "browse")
+        assert (n["user_id"], n["event_time"], n["scenario"]) == (
+            p["user_id"],
+            p["event_time"],
+            "browse",
+        )
     assert d1[6] == f"taobao behavior_log.csv:10 wrong_field_count: {BEHAVIOR_LOG[9]}"
     assert d1[7] == f"taobao behavior_log.csv:11 bad_time_stamp: {BEHAVIOR_LOG[10]}"
 
@@ -291,7 +335,11 @@ def test_dimension_rows_land_on_the_first_day(settings: Settings, source: Path) 
         {"item_id": ITEM_A, "category_id": 6421, "brand_id": 49510, "price": 20.0},
     ]
     assert isinstance(pseudo[2], dict)
-    assert (pseudo[2]["category_id"], pseudo[2]["brand_id"], pseudo[2]["price"]) == (2000000, 7, 30.0)
+    assert (pseudo[2]["category_id"], pseudo[2]["brand_id"], pseudo[2]["price"]) == (
+        2000000,
+        7,
+        30.0,
+    )
     assert summary.pseudo_items == 3
 
     users = read_out(settings, "users", D1, "user_profile")
@@ -333,7 +381,9 @@ def test_every_input_line_is_accounted_for(settings: Settings, source: Path) -> 
     assert [r["source"] for r in summary.summary_rows()][:4] == list(FILES)
 
 
-def test_determinism_and_rerun_replaces_only_adapter_files(settings: Settings, source: Path) -> None:
+def test_determinism_and_rerun_replaces_only_adapter_files(
+    settings: Settings, source: Path
+) -> None:
     root = settings.lake.raw_root
     import_taobao(settings, source)
     first = all_bytes(root)
@@ -349,7 +399,9 @@ def test_determinism_and_rerun_replaces_only_adapter_files(settings: Settings, s
     assert not [p for p in root.rglob(".*") if p.is_file()]  # no temp files left
 
 
-def test_missing_inputs(settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_inputs(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with pytest.raises(InputError, match="raw_sample.csv"):
         import_taobao(settings, tmp_path / "empty")
     only = write_inputs(tmp_path / "only", {"raw_sample.csv": RAW_SAMPLE})
@@ -361,6 +413,14 @@ def test_missing_inputs(settings: Settings, tmp_path: Path, caplog: pytest.LogCa
     bad_header = write_inputs(tmp_path / "hdr", {"raw_sample.csv": ["user,time,adgroup_id"]})
     with pytest.raises(InputError, match="time_stamp"):
         import_taobao(settings, bad_header)
+    # An optional file with a bad header fails the run before anything is written.
+    broken = write_inputs(
+        tmp_path / "broken", {"raw_sample.csv": RAW_SAMPLE, "ad_feature.csv": ["adgroup_id,price"]}
+    )
+    before = all_bytes(settings.lake.raw_root)
+    with pytest.raises(InputError, match="cate_id"):
+        import_taobao(settings, broken)
+    assert all_bytes(settings.lake.raw_root) == before
 
 
 # --------------------------------------------------------------------------- real ingest
@@ -423,7 +483,10 @@ def test_ingest_quarantines_the_bad_lines(
         for source_name, (rows_in, stored, quarantined, dups) in expected_audit[ds].items():
             c = counts[source_name]
             assert (c.rows_in, c.rows_stored, c.rows_quarantined, c.duplicates) == (
-                rows_in, stored, quarantined, dups,
+                rows_in,
+                stored,
+                quarantined,
+                dups,
             ), (ds, source_name)
             assert c.rows_in == c.rows_stored + c.rows_quarantined + c.duplicates
         assert counts["impressions"].rows_in == summary.impressions_per_day[ds]
