@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+import sys
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -32,7 +33,8 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
-out = Console()
+# Tables stay readable in logs and CI, where there is no terminal to size them by.
+out = Console(width=None if sys.stdout.isatty() else 110)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

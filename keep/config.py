@@ -143,6 +143,27 @@ class AirflowSettings(BaseModel):
     demo_mode: bool = True
 
 
+class AggregateSettings(BaseModel):
+    """Long-history state (silver) and training samples (gold); see docs/aggregation.md."""
+
+    # Last N behaviours (clicks, carts, purchases) kept per user.
+    sequence_length: int = 50
+    # Counter windows in days; every window's counts are kept per entity and day.
+    windows: list[int] = Field(default_factory=lambda: [1, 7, 30, 365])
+    # Smoothed click rate: (clicks + prior_strength * prior_ctr) / (impressions + prior_strength).
+    prior_ctr: float = 0.05
+    prior_strength: float = 20.0
+    # Daily state snapshots older than this many days are deleted (backfills and
+    # point-in-time joins can reach back this far). Daily counts are kept for the
+    # longest window regardless, because the counters subtract the day leaving it.
+    snapshot_retention_days: int = 60
+    # Fraction of non-clicked impressions kept in the samples; kept ones get weight 1/rate
+    # so that weighted click rates stay calibrated. 1.0 keeps everything.
+    negative_sample_rate: float = 1.0
+    # Scenario of the downstream subsystem whose samples go to gold.downstream_samples.
+    downstream_scenario: str = "ads"
+
+
 class PipelineSettings(BaseModel):
     """Dates of the default demo run."""
 
@@ -166,6 +187,7 @@ class Settings(BaseSettings):
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
+    aggregate: AggregateSettings = Field(default_factory=AggregateSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
 
     @classmethod

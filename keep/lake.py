@@ -48,7 +48,12 @@ def read_days(
 
 
 def overwrite_partition(df: DataFrame, settings: Settings, spec: TableSpec, ds: dt.date) -> None:
-    """Replace partition ``ds`` of ``spec`` with ``df`` (which must only hold that day)."""
+    """Replace partition ``ds`` of ``spec`` with ``df`` (which must only hold that day).
+
+    A frame without a ``ds`` column gets ``ds`` set to the day.
+    """
+    if "ds" not in df.columns:
+        df = df.withColumn("ds", F.lit(ds.isoformat()))
     out = spec.conform(df)
     (
         out.write.format("delta")

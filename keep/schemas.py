@@ -147,4 +147,128 @@ DIM_ITEMS = TableSpec(
     ),
 )
 
+# --------------------------------------------------------------------------- silver
+
+BEHAVIOR = StructType(
+    [
+        # event_time first: sorting an array of behaviours sorts it by time.
+        _f("event_time", TimestampType(), True),
+        _f("item_id", LongType(), True),
+        _f("category_id", LongType(), True),
+        _f("brand_id", LongType(), True),
+        _f("scenario", StringType(), True),
+        _f("behavior_type", StringType(), True),
+    ]
+)
+
+USER_BEHAVIOR = TableSpec(
+    name="silver.user_behavior",
+    description=(
+        "Per user, the last N behaviours (click / cart / purchase) across all subsystems, "
+        "oldest first, as of the end of ds (one full snapshot per day)."
+    ),
+    key=("user_id", "ds"),
+    schema=StructType(
+        [
+            _f("user_id", LongType(), False),
+            _f("behaviors", ArrayType(BEHAVIOR, True), False),
+            _f("seq_len", IntegerType(), False),
+            _f("event_timestamp", TimestampType(), False),
+            _f("ds", StringType(), False),
+        ]
+    ),
+)
+
+COUNTERS: tuple[str, ...] = ("impressions", "clicks", "carts", "purchases")
+
+# Entities with counters: name -> key columns.
+ENTITIES: dict[str, tuple[str, ...]] = {
+    "user": ("user_id",),
+    "item": ("item_id",),
+    "user_category": ("user_id", "category_id"),
+}
+
+
+def daily_counts_spec(entity: str) -> TableSpec:
+    """silver.<entity>_daily_counts: one day's counters per key (the windows' building block)."""
+    keys = ENTITIES[entity]
+    return TableSpec(
+        name=f"silver.{entity}_daily_counts",
+        description=f"Impressions, clicks, carts, purchases per {entity} on day ds.",
+        key=(*keys, "ds"),
+        schema=StructType(
+            [_f(k, LongType(), False) for k in keys]
+            + [_f(c, LongType(), False) for c in COUNTERS]
+            + [_f("ds", StringType(), False)]
+        ),
+    )
+
+
+def window_columns(windows: list[int]) -> list[str]:
+    """Counter and smoothed-rate columns of a stats table, e.g. clicks_7d, ctr_7d."""
+    return [f"{c}_{w}d" for w in windows for c in (*COUNTERS, "ctr")]
+
+
+def stats_spec(entity: str, windows: list[int]) -> TableSpec:
+    """silver.<entity>_stats: multi-window counters as of the end of ds."""
+    keys = ENTITIES[entity]
+    fields = [_f(k, LongType(), False) for k in keys]
+    for w in windows:
+        fields += [_f(f"{c}_{w}d", LongType(), False) for c in COUNTERS]
+        fields.append(_f(f"ctr_{w}d", DoubleType(), False))
+    fields += [_f("event_timestamp", TimestampType(), False), _f("ds", StringType(), False)]
+    return TableSpec(
+        name=f"silver.{entity}_stats",
+        description=(
+            f"Per {entity}: counters over windows {windows} days ending with ds, and smoothed "
+            "click rates; event_timestamp = end of ds (for Feast's point-in-time join)."
+        ),
+        key=(*keys, "ds"),
+        schema=StructType(fields),
+    )
+
+
+# --------------------------------------------------------------------------- gold
+
+STAT_PREFIX: dict[str, str] = {"user": "u_", "item": "i_", "user_category": "uc_"}
+
+
+def samples_spec(name: str, windows: list[int]) -> TableSpec:
+    """gold.pretrain_samples / gold.downstream_samples: impressions of ds with state of ds-1."""
+    fields = [
+        _f("impression_id", StringType(), False),
+        _f("user_id", LongType(), False),
+        _f("item_id", LongType(), False),
+        _f("event_time", TimestampType(), False),
+        _f("scenario", StringType(), False),
+        _f("position", IntegerType(), False),
+        _f("click", IntegerType(), False),
+        _f("cart", IntegerType(), False),
+        _f("purchase", IntegerType(), False),
+        _f("weight", DoubleType(), False),
+        _f("gender", StringType(), True),
+        _f("age_level", IntegerType(), True),
+        _f("purchase_power", IntegerType(), True),
+        _f("category_id", LongType(), True),
+        _f("brand_id", LongType(), True),
+        _f("price", DoubleType(), True),
+        _f("behaviors", ArrayType(BEHAVIOR, True), False),
+        _f("seq_len", IntegerType(), False),
+    ]
+    for prefix in STAT_PREFIX.values():
+        for col in window_columns(windows):
+            dtype = DoubleType() if col.startswith("ctr_") else LongType()
+            fields.append(_f(prefix + col, dtype, False))
+    fields += [_f("state_ds", StringType(), False), _f("ds", StringType(), False)]
+    return TableSpec(
+        name=name,
+        description=(
+            "One row per impression of ds, joined with behaviour sequence, counters and "
+            "attributes as of the end of ds-1 (state_ds); weight undoes negative down-sampling."
+        ),
+        key=("impression_id",),
+        schema=StructType(fields),
+    )
+
+
 ALL_TABLES: tuple[TableSpec, ...] = (IMPRESSIONS, QUARANTINE, INGEST_AUDIT, DIM_USERS, DIM_ITEMS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -90,6 +91,8 @@ def spark_conf(settings: Settings) -> dict[str, str]:
 def get_spark(settings: Settings) -> SparkSession:
     """Return the process's SparkSession (created on first call) configured for Delta."""
     check_java()
+    # Python workers (and, on a cluster, executors) run this very interpreter.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if settings.spark.master.startswith("local"):
         # Local mode talks to itself only: stay on loopback whatever the hostname resolves to.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

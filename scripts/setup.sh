@@ -39,7 +39,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.keep-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  say "installing the project and its dependencies (first time: several minutes)"
+  say "installing or updating the project and its dependencies (first time: several minutes)"
   $UV pip install -q -p "$VENV/bin/python" -e ".[dev]"
   touch "$stamp"
 fi

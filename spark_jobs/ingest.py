@@ -214,7 +214,11 @@ def item_checks() -> list[Check]:
         + _required("category_id", "BIGINT")
         + _optional("brand_id", "BIGINT")
         + _required("price", "DOUBLE")
-        + [("negative_price", _typed("price", "DOUBLE") < 0)]
+        + [
+            ("negative_price", _typed("price", "DOUBLE") < 0),
+            # Spark parses "NaN" and "Infinity" as doubles: a price must be a finite number.
+            ("non_finite_price", F.isnan(_typed("price", "DOUBLE")) | F.abs(_typed("price", "DOUBLE")).eqNullSafe(float("inf"))),
+        ]
     )
 
 
