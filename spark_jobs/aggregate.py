@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import Any
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -84,7 +85,7 @@ def finish_stats(
 ) -> DataFrame:
     """Sum (keys, window, counters) rows into one wide row per key; add smoothed rates."""
     summed = long_rows.groupBy(*keys, "window").agg(*[F.sum(c).alias(c) for c in COUNTERS])
-    wide = summed.groupBy(*keys).pivot("window", windows).agg(
+    wide = summed.groupBy(*keys).pivot("window", list[Any](windows)).agg(
         *[F.first(c).alias(c) for c in COUNTERS]
     )
     cols: list[Column] = [F.col(k) for k in keys]
