@@ -7,7 +7,13 @@ The KEEP platform's daily refresh: one run per logical day `ds` (UTC).
 | --- | --- |
 | `land_raw` | demo mode (`airflow.demo_mode`): writes the day's raw files with the synthetic generator; otherwise checks that the day's raw impression files have landed |
 | `ingest` | raw files of `ds` -> Delta `bronze.impressions` / dimensions (+ quarantine, audit), idempotent per day |
-| `validate` | Great Expectations gate on the day's tables; fails the run if a gate fails |
+| `validate` | Great Expectations gate on the day's bronze partition and dimensions |
+| `aggregate` | silver state as of the end of `ds` (behaviour sequences, multi-window counters) from the state of `ds - 1` plus the day |
+| `validate_state` | gate on the silver state of `ds` |
+| `samples` | gold pre-training and downstream samples of `ds`, joined with the state as of `ds - 1` |
+| `validate_samples` | gate on the gold samples of `ds` |
+
+A failed gate fails its task, so nothing downstream of it runs.
 
 Every task is one call to a function of `keep.pipeline`, the same functions `keep run`
 calls, so a day run by hand and a day run by Airflow are the same thing. Settings come
@@ -78,21 +84,10 @@ def keep_daily_refresh() -> None:
     @task(multiple_outputs=False)  # one XCom per task, not one per dict key
     def land_raw(ds: str | None = None) -> dict[str, Any]:
         """Demo mode: generate the day's raw files. Otherwise: check they have landed."""
-        from keep import pipeline, raw_format
-        from keep.errors import InputError
+        from keep import pipeline
 
-        settings = load_settings()
-        day = _day(ds)
-        if settings.airflow.demo_mode:
-            files = pipeline.land_raw(settings, day)
-            return {"ds": ds, "mode": "demo", "files": {k: str(v) for k, v in files.items()}}
-        landed = raw_format.day_files(settings, "impressions", day)
-        if not landed:
-            raise InputError(
-                f"No raw impression files for {day} in "
-                f"{raw_format.day_dir(settings, 'impressions', day)} (demo_mode is off)."
-            )
-        return {"ds": ds, "mode": "landed", "files": {"impressions": [str(p) for p in landed]}}
+        files = pipeline.land_raw(load_settings(), _day(ds))
+        return {"ds": ds, "files": {k: str(v) for k, v in files.items()}}
 
     @task(multiple_outputs=False)
     def ingest(ds: str | None = None) -> dict[str, Any]:
@@ -106,19 +101,48 @@ def keep_daily_refresh() -> None:
 
     @task(multiple_outputs=False)
     def validate(ds: str | None = None) -> dict[str, Any]:
-        """Great Expectations gate on the day's tables; raises GateFailed when it fails."""
+        """Gate on the day's bronze tables; raises GateFailed when it fails."""
         from keep import pipeline
 
-        report = pipeline.validate(load_settings(), _day(ds))
-        return {
-            "ds": ds,
-            "success": bool(report.success),
-            "checks": len(report.checks),
-            "summary": report.summary(),
-            "data_docs": str(report.data_docs_index) if report.data_docs_index else None,
-        }
+        return pipeline.validate(load_settings(), _day(ds)).to_dict()
 
-    land_raw() >> ingest() >> validate()
+    @task(multiple_outputs=False)
+    def aggregate(ds: str | None = None) -> dict[str, Any]:
+        """Silver state of ds from the state of ds - 1 plus the day's bronze partition."""
+        from keep import pipeline
+
+        return {"ds": ds, "rows": pipeline.aggregate(load_settings(), _day(ds))}
+
+    @task(multiple_outputs=False)
+    def validate_state(ds: str | None = None) -> dict[str, Any]:
+        """Gate on the silver state of ds."""
+        from keep import pipeline
+
+        return pipeline.validate_state(load_settings(), _day(ds)).to_dict()
+
+    @task(multiple_outputs=False)
+    def samples(ds: str | None = None) -> dict[str, Any]:
+        """Gold samples of ds with the state as of ds - 1."""
+        from keep import pipeline
+
+        return {"ds": ds, "rows": pipeline.samples(load_settings(), _day(ds))}
+
+    @task(multiple_outputs=False)
+    def validate_samples(ds: str | None = None) -> dict[str, Any]:
+        """Gate on the gold samples of ds."""
+        from keep import pipeline
+
+        return pipeline.validate_samples(load_settings(), _day(ds)).to_dict()
+
+    (
+        land_raw()
+        >> ingest()
+        >> validate()
+        >> aggregate()
+        >> validate_state()
+        >> samples()
+        >> validate_samples()
+    )
 
 
 keep_daily_refresh()

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -136,6 +137,86 @@ def validate(ds: DateOpt) -> None:
 
 @app.command()
 @_friendly
+def aggregate(ds: DateOpt) -> None:
+    """Update the silver state (sequences, counters) of one day from the day before, then gate it."""
+    from keep import pipeline
+
+    settings = load_settings()
+    rows = pipeline.aggregate(settings, ds.date())
+    out.print(_rows_table(f"aggregate {ds.date()}", rows))
+    out.print(pipeline.validate_state(settings, ds.date()).summary())
+
+
+@app.command()
+@_friendly
+def samples(ds: DateOpt) -> None:
+    """Build the gold samples of one day (state as of the day before), then gate them."""
+    from keep import pipeline
+
+    settings = load_settings()
+    rows = pipeline.samples(settings, ds.date())
+    out.print(_rows_table(f"samples {ds.date()}", rows))
+    out.print(pipeline.validate_samples(settings, ds.date()).summary())
+
+
+@app.command()
+@_friendly
+def backfill(
+    start: DateOpt,
+    end: Annotated[
+        dt.datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="Last changed day (default: --start)."),
+    ] = None,
+) -> None:
+    """Recompute state and samples from --start, through --end, and every later day that
+    depends on them, in order, with every gate.
+
+    This, not Airflow's scheduler-driven backfill, is the supported way to repair history:
+    re-ingest the changed days (`keep ingest --ds D`), then `keep backfill --start D`.
+    """
+    from keep import pipeline
+
+    settings = load_settings()
+    first, last = start.date(), (end or start).date()
+    with _progress() as progress:
+        task = progress.add_task("backfill", total=None)
+
+        def on_day(ds: dt.date) -> None:
+            progress.update(task, description=f"backfill {ds}", advance=1)
+
+        span = pipeline.backfill(settings, first, last, on_day=on_day)
+    out.print(f"recomputed {len(span)} day(s): {span[0]} .. {span[-1]}")
+
+
+@app.command("import-taobao")
+@_friendly
+def import_taobao(
+    source: Annotated[
+        Path,
+        typer.Argument(help="Folder with raw_sample.csv (+ behavior_log.csv, ad_feature.csv, user_profile.csv)."),
+    ],
+    negatives_per_positive: Annotated[
+        int, typer.Option(help="Sampled non-clicked impressions per behaviour-log row.")
+    ] = 1,
+    chunksize: Annotated[int, typer.Option(help="Rows read at a time (bounds memory).")] = 1_000_000,
+) -> None:
+    """Convert the public Taobao display-ad data set into the raw format (docs/taobao.md)."""
+    from keep.taobao import import_taobao as run_import
+
+    summary = run_import(
+        load_settings(), source, negatives_per_positive=negatives_per_positive, chunksize=chunksize
+    )
+    rows = summary.summary_rows()
+    table = Table(title=f"Taobao import: {len(summary.days)} day(s)")
+    for name in rows[0]:
+        table.add_column(str(name))
+    for row in rows:
+        table.add_row(*[str(v) for v in row.values()])
+    out.print(table)
+
+
+@app.command()
+@_friendly
 def run(
     start: Annotated[
         dt.datetime | None,
@@ -193,6 +274,15 @@ def run(
         raise typer.Exit(code=1)
 
 
+def _rows_table(title: str, rows: dict[str, int]) -> Table:
+    table = Table(title=title)
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, count in rows.items():
+        table.add_row(name, f"{count:,}")
+    return table
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"),
@@ -223,13 +313,14 @@ def _count_cells(c: Any) -> list[str]:
 
 def _summary_table(results: list[Any]) -> Table:
     table = Table(title="keep run: impressions per day")
-    for name in ("day", "rows in", "stored", "quarantined", "duplicates", "quarantine %", "gate"):
-        table.add_column(name, justify="left" if name in ("day", "gate") else "right")
+    names = ("day", "rows in", "stored", "quarantined", "duplicates", "quarantine %", "samples", "gates")
+    for name in names:
+        table.add_column(name, justify="left" if name in ("day", "gates") else "right")
     for r in results:
         imp = r.counts.get("impressions")
         cells = _count_cells(imp) if imp else ["-"] * 5
         gate = "[green]passed[/]" if r.ok else "[red]FAILED[/]"
-        table.add_row(str(r.ds), *cells, gate)
+        table.add_row(str(r.ds), *cells, f"{r.samples:,}" if r.samples is not None else "-", gate)
     return table
 
 

@@ -64,6 +64,26 @@ def overwrite_partition(df: DataFrame, settings: Settings, spec: TableSpec, ds: 
     )
 
 
+def partition_rows(settings: Settings, spec: TableSpec, ds: dt.date) -> int:
+    """Row count of partition ``ds`` from the Delta log's file statistics (no JVM, no scan)."""
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    if not table_exists(settings, spec):
+        return 0
+    actions = pa.table(DeltaTable(str(table_path(settings, spec))).get_add_actions(flatten=True))
+    day = ds.isoformat()
+    return sum(
+        int(n)
+        for n, part in zip(
+            actions.column("num_records").to_pylist(),
+            actions.column("partition.ds").to_pylist(),
+            strict=True,
+        )
+        if part == day
+    )
+
+
 def as_of(df: DataFrame, key: str, ds: dt.date) -> DataFrame:
     """Per ``key``, the latest row with ``ds <= ds`` (as-of read of a change-log dimension)."""
     latest = Window.partitionBy(key).orderBy(F.col("ds").desc())

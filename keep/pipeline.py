@@ -9,24 +9,48 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keep import generator
+from keep import generator, lake, raw_format
+from keep import validation as gates
 from keep.config import Settings
-from keep.errors import GateFailed
+from keep.errors import GateFailed, InputError
 from keep.spark import get_spark
 from keep.validation import GateReport, validate_ingest
+from spark_jobs.aggregate import run_aggregate, state_days
 from spark_jobs.ingest import SourceCounts, run_ingest
+from spark_jobs.samples import PRETRAIN, run_samples, sample_specs
 
 log = logging.getLogger(__name__)
 
-STEPS = ("land_raw", "ingest", "validate")
+# The daily DAG's tasks, in order. Each gate stops everything downstream of it.
+STEPS = (
+    "land_raw",
+    "ingest",
+    "validate",
+    "aggregate",
+    "validate_state",
+    "samples",
+    "validate_samples",
+)
 
 
 def land_raw(settings: Settings, ds: dt.date) -> dict[str, Path]:
-    """Demo mode: write the day's raw files with the synthetic generator."""
-    return generator.write_day(settings, ds)
+    """Demo mode (``airflow.demo_mode``): write the day's raw files with the generator.
+
+    Otherwise the files come from the logging systems: check that they have landed.
+    """
+    if settings.airflow.demo_mode:
+        return generator.write_day(settings, ds)
+    landed = raw_format.day_files(settings, "impressions", ds)
+    if not landed:
+        raise InputError(
+            f"No raw impression files for {ds} in "
+            f"{raw_format.day_dir(settings, 'impressions', ds)} (demo_mode is off)."
+        )
+    return {f"impressions/{p.name}": p for p in landed}
 
 
 def ingest(settings: Settings, ds: dt.date) -> dict[str, SourceCounts]:
@@ -34,15 +58,59 @@ def ingest(settings: Settings, ds: dt.date) -> dict[str, SourceCounts]:
     return run_ingest(get_spark(settings), settings, ds)
 
 
-def validate(settings: Settings, ds: dt.date) -> GateReport:
-    """Great Expectations gate on the day's bronze partition and dimensions.
-
-    Raises :class:`GateFailed` with a readable summary when any expectation fails.
-    """
-    report = validate_ingest(get_spark(settings), settings, ds)
+def _gate(report: GateReport) -> GateReport:
     if not report.success:
         raise GateFailed(report.summary())
     return report
+
+
+def validate(settings: Settings, ds: dt.date) -> GateReport:
+    """Gate on the day's bronze partition and dimensions; raises GateFailed with a summary."""
+    return _gate(validate_ingest(get_spark(settings), settings, ds))
+
+
+def aggregate(settings: Settings, ds: dt.date) -> dict[str, int]:
+    """Silver state as of the end of ``ds`` from the state of ``ds - 1`` plus bronze ``ds``."""
+    return run_aggregate(get_spark(settings), settings, ds)
+
+
+def validate_state(settings: Settings, ds: dt.date) -> GateReport:
+    """Gate on the silver state of ``ds``; raises GateFailed with a summary."""
+    return _gate(gates.validate_state(get_spark(settings), settings, ds))
+
+
+def samples(settings: Settings, ds: dt.date) -> dict[str, int]:
+    """Gold samples of ``ds``: its impressions with the state as of the end of ``ds - 1``."""
+    return run_samples(get_spark(settings), settings, ds)
+
+
+def validate_samples(settings: Settings, ds: dt.date) -> GateReport:
+    """Gate on the gold samples of ``ds``; raises GateFailed with a summary."""
+    return _gate(gates.validate_samples(get_spark(settings), settings, ds))
+
+
+def backfill(
+    settings: Settings,
+    start: dt.date,
+    end: dt.date,
+    on_day: Callable[[dt.date], None] | None = None,
+) -> list[dt.date]:
+    """Recompute state and samples from ``start`` through ``end`` and every later day that
+    depends on them (up to the last day that has state), in order, gates included.
+
+    Use it after re-ingesting past days: ``keep ingest --ds D`` then
+    ``keep backfill --start D --end D``.
+    """
+    last = max([end, *state_days(settings)])
+    span = days(start, last)
+    for ds in span:
+        if on_day is not None:
+            on_day(ds)
+        aggregate(settings, ds)
+        validate_state(settings, ds)
+        samples(settings, ds)
+        validate_samples(settings, ds)
+    return span
 
 
 @dataclass
@@ -51,6 +119,7 @@ class DayResult:
 
     ds: dt.date
     counts: dict[str, SourceCounts] = field(default_factory=dict)
+    samples: int | None = None
     gate_passed: bool = False
     gate_summary: str = ""
 
@@ -61,11 +130,22 @@ class DayResult:
 
 def run_day(settings: Settings, ds: dt.date, *, land: bool | None = None) -> DayResult:
     """Run every step for ``ds`` in this process, in order (what the DAG's tasks do)."""
+    result = DayResult(ds=ds)
     if land if land is not None else settings.airflow.demo_mode:
-        land_raw(settings, ds)
-    counts = ingest(settings, ds)
-    report = validate_ingest(get_spark(settings), settings, ds)
-    return DayResult(ds=ds, counts=counts, gate_passed=report.success, gate_summary=report.summary())
+        generator.write_day(settings, ds)
+    try:
+        result.counts = ingest(settings, ds)
+        validate(settings, ds)
+        aggregate(settings, ds)
+        validate_state(settings, ds)
+        result.samples = samples(settings, ds)[PRETRAIN]
+        validate_samples(settings, ds)
+    except GateFailed as failed:
+        result.gate_summary = str(failed)
+        return result
+    result.gate_passed = True
+    result.gate_summary = f"all gates passed for {ds}"
+    return result
 
 
 def run_day_airflow(settings: Settings, ds: dt.date) -> DayResult:
@@ -77,10 +157,11 @@ def run_day_airflow(settings: Settings, ds: dt.date) -> DayResult:
     except AirflowCommandError as exc:
         return DayResult(ds=ds, counts=audit_counts(settings, ds), gate_summary=str(exc))
     states = task_states(settings, ds)
-    passed = states.get("validate") == "success"
+    passed = all(states.get(step) == "success" for step in STEPS)
     return DayResult(
         ds=ds,
         counts=audit_counts(settings, ds),
+        samples=lake.partition_rows(settings, sample_specs(settings)[0], ds),
         gate_passed=passed,
         gate_summary=f"Airflow task states for {ds}: {states}",
     )
@@ -90,7 +171,6 @@ def audit_counts(settings: Settings, ds: dt.date) -> dict[str, SourceCounts]:
     """The day's rows of bronze.ingest_audit, read with delta-rs (no JVM)."""
     from deltalake import DeltaTable
 
-    from keep import lake
     from keep.schemas import INGEST_AUDIT
 
     if not lake.table_exists(settings, INGEST_AUDIT):

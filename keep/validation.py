@@ -1,9 +1,29 @@
-"""The Great Expectations gate of the daily ingest.
+"""The Great Expectations gates of the daily pipeline.
 
-``validate_ingest(spark, settings, ds)`` checks day ``ds`` of the tables the ingest job
-writes (``bronze.impressions``, ``dim.users``, ``dim.items``, ``bronze.ingest_audit``) and
-returns a :class:`GateReport`; failed expectations never raise (``keep.pipeline.validate``
-turns a failed report into :class:`keep.errors.GateFailed`).
+Three gates, each checking day ``ds`` of the tables one job writes and returning a
+:class:`GateReport`; failed expectations never raise (``keep.pipeline`` turns a failed
+report into :class:`keep.errors.GateFailed`):
+
+* ``validate_ingest(spark, settings, ds)``: ``bronze.impressions``, ``dim.users``,
+  ``dim.items``, ``bronze.ingest_audit`` (after ``ingest``);
+* ``validate_state(spark, settings, ds)``: ``silver.user_behavior`` and
+  ``silver.<entity>_stats`` for every entity (after ``aggregate``): unique keys, sequences
+  of the right length, time-ordered and older than the end of ``ds``, counters >= 0,
+  nested windows (a shorter window never counts more than a longer one), a consistent
+  funnel (clicks <= impressions, carts and purchases <= clicks), rates in [0, 1], and
+  ``event_timestamp`` = end of ``ds``;
+* ``validate_samples(spark, settings, ds)``: ``gold.pretrain_samples`` and
+  ``gold.downstream_samples`` (after ``samples``): unique impressions, 0/1 labels,
+  weights >= 1, and no leakage: every sample's state is that of ``ds - 1`` and holds no
+  behaviour at or after ``ds`` 00:00 UTC.
+
+Arrays have no expectations in GX: columns derived in Spark stand in for them (``seq_len_actual``
+= the sequence's size, ``time_ordered`` = its event times are non-decreasing,
+``max_event_time`` = its latest event time...), computed in the one ``select`` that reads the
+day's partition; the frame is cached once per table while its checkpoint runs.
+One check GX cannot express, because it spans two tables (``gold.downstream_samples`` has
+no more rows than ``gold.pretrain_samples``), is computed in Spark and added to the report
+as a ``custom_*`` check; it does not appear in Data Docs.
 
 Great Expectations (1.x API) objects, all kept in a File Data Context rooted at
 ``settings.validation.ge_root`` and re-created idempotently on every call:
@@ -11,25 +31,31 @@ Great Expectations (1.x API) objects, all kept in a File Data Context rooted at
 * one Spark data source ``keep_lake`` over in-memory DataFrames: one DataFrame asset and one
   whole-frame batch definition per table; the frame is the day's partition, read with
   :func:`keep.lake.read_partition` and passed at run time;
-* one expectation suite per table (``bronze_impressions``, ``dim_users``, ``dim_items``,
-  ``bronze_ingest_audit``), defined in :func:`suites` below. Everything that depends on the
-  day or on the settings (event-time window, known scenarios, maximum quarantine rate) is a
-  suite parameter (``{"$PARAMETER": name}``) supplied at run time, so the stored suites do
-  not change from day to day and concurrent runs of different days never rewrite them with
-  different content;
-* one validation definition and one checkpoint per table (``ingest_gate_<suite>``): a
-  checkpoint passes one set of batch parameters (one DataFrame) to all its definitions, so
-  each table needs its own. Each checkpoint updates the Data Docs site, whose index
+* one expectation suite per table, named after it (``bronze_impressions``, ``dim_users``,
+  ``silver_user_stats``, ``gold_pretrain_samples``...), defined in code below. Everything
+  that depends on the day or on the settings (event-time window, known scenarios, maximum
+  quarantine rate, sequence length, end of the state's day...) is a suite parameter
+  (``{"$PARAMETER": name}``) supplied at run time, so the stored suites do not change from
+  day to day and concurrent runs of different days never rewrite them with different
+  content. Only the counter windows (``aggregate.windows``) shape the silver and gold
+  suites, since they name the columns;
+* one validation definition and one checkpoint per table (``<gate>_gate_<suite>``, e.g.
+  ``ingest_gate_dim_users``, ``state_gate_silver_user_stats``): a checkpoint passes one set
+  of batch parameters (one DataFrame) to all its definitions, so each table needs its own.
+  Each checkpoint updates the Data Docs site, whose index
   (``<ge_root>/gx/uncommitted/data_docs/local_site/index.html``) is returned in the report.
-  Runs are named after the day, so Data Docs list them by ``ds``.
+  Runs are named after the gate and the day (``state_gate_2026-01-03``), so Data Docs list
+  them by ``ds``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -42,12 +68,25 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.exceptions import DataContextError
 from great_expectations.expectations.row_conditions import Column as RowColumn
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from keep import lake
 from keep.config import Settings
-from keep.schemas import DIM_ITEMS, DIM_USERS, IMPRESSIONS, INGEST_AUDIT, TableSpec
+from keep.schemas import (
+    COUNTERS,
+    DIM_ITEMS,
+    DIM_USERS,
+    ENTITIES,
+    IMPRESSIONS,
+    INGEST_AUDIT,
+    STAT_PREFIX,
+    USER_BEHAVIOR,
+    TableSpec,
+    stats_spec,
+)
+from spark_jobs.aggregate import end_of_day
+from spark_jobs.samples import DOWNSTREAM, PRETRAIN, sample_specs
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +97,10 @@ BATCH_DEFINITION = "day"
 DOCS_SITE = "local_site"
 # BASIC: counts and a few unexpected values per expectation (the summary's examples).
 RESULT_FORMAT: dict[str, Any] = {"result_format": "BASIC", "partial_unexpected_count": 5}
+# The gates; checkpoints are named ``<gate>_gate_<suite>``, runs ``<gate>_gate_<ds>``.
+INGEST = "ingest"
+STATE = "state"
+SAMPLES = "samples"
 SOURCES = ("impressions", "users", "items")
 FLAGS = ("click", "cart", "purchase")
 IMPRESSION_REQUIRED = (
@@ -69,6 +112,10 @@ IMPRESSION_REQUIRED = (
     "position",
     *FLAGS,
 )
+# Funnel pairs (A, B) of counters: A >= B in every window.
+FUNNEL = (("impressions", "clicks"), ("clicks", "carts"), ("clicks", "purchases"))
+# The one check spanning two tables, computed in Spark (not a GX expectation).
+CUSTOM_ROW_COUNT = "custom_row_count_at_most_pretrain"
 
 
 def _param(name: str) -> dict[str, str]:
@@ -169,16 +216,17 @@ def _partition(spec: TableSpec) -> Callable[[SparkSession, Settings, dt.date], D
 
 @dataclass(frozen=True)
 class TableGate:
-    """One gated table: its suite and how to read its day."""
+    """One gated table: its suite, how to read its day, and the gate it belongs to."""
 
     spec: TableSpec
     suite: str
     expectations: Callable[[], list[gxe.Expectation]]
     frame: Callable[[SparkSession, Settings, dt.date], DataFrame]
+    gate: str = INGEST
 
     @property
     def checkpoint(self) -> str:
-        return f"ingest_gate_{self.suite}"
+        return f"{self.gate}_gate_{self.suite}"
 
 
 GATES: tuple[TableGate, ...] = (
@@ -189,10 +237,11 @@ GATES: tuple[TableGate, ...] = (
 )
 
 
-def suites() -> dict[str, gx.ExpectationSuite]:
-    """Every suite of the gate, by name (fresh objects, not yet added to a context)."""
+def suites(gates: Sequence[TableGate] = GATES) -> dict[str, gx.ExpectationSuite]:
+    """Every suite of a gate (the ingest gate by default), by name (fresh objects, not yet
+    added to a context)."""
     return {
-        g.suite: gx.ExpectationSuite(name=g.suite, expectations=g.expectations()) for g in GATES
+        g.suite: gx.ExpectationSuite(name=g.suite, expectations=g.expectations()) for g in gates
     }
 
 
@@ -207,6 +256,263 @@ def expectation_parameters(settings: Settings, ds: dt.date) -> dict[str, Any]:
         "event_time_end": start + dt.timedelta(days=1),
         "max_quarantine_rate": float(settings.validation.max_quarantine_rate),
     }
+
+
+# --------------------------------------------------------------------------------------
+# State gate: silver.user_behavior and silver.<entity>_stats of day ds
+# --------------------------------------------------------------------------------------
+
+
+def _event_times(behaviors: str = "behaviors") -> Column:
+    """The event times of an array of BEHAVIOR structs, in array order."""
+    return F.transform(behaviors, lambda b: b["event_time"])
+
+
+def _suite_name(spec: TableSpec) -> str:
+    return spec.name.replace(".", "_")
+
+
+def _before_state_end(column: str) -> gxe.Expectation:
+    """``column`` (a time) is strictly before the end of the state's day."""
+    return gxe.ExpectColumnValuesToBeBetween(
+        column=column, max_value=_param("state_end"), strict_max=True
+    )
+
+
+def _sequence_length() -> gxe.Expectation:
+    """``seq_len`` within [0, the configured sequence length]."""
+    return gxe.ExpectColumnValuesToBeBetween(
+        column="seq_len", min_value=0, max_value=_param("sequence_length")
+    )
+
+
+def user_behavior_expectations() -> list[gxe.Expectation]:
+    """One sequence per user, of the declared length, time-ordered, as of the end of ds."""
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column="user_id"),
+        gxe.ExpectColumnValuesToBeUnique(column="user_id"),
+        _sequence_length(),
+        # seq_len_actual = size(behaviors): derived in Spark.
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="seq_len", column_B="seq_len_actual"),
+        # time_ordered = the behaviours' event times are non-decreasing (oldest first).
+        gxe.ExpectColumnValuesToBeInSet(column="time_ordered", value_set=[True]),
+        # untimed_behaviors = behaviours without an event time (they cannot be ordered).
+        gxe.ExpectColumnValuesToBeInSet(column="untimed_behaviors", value_set=[0]),
+        # max_event_time = the latest behaviour: the state of ds knows nothing after ds.
+        _before_state_end("max_event_time"),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="event_timestamp", value_set=_param("state_event_timestamps")
+        ),
+    ]
+
+
+def user_behavior_frame(spark: SparkSession, settings: Settings, ds: dt.date) -> DataFrame:
+    """Day ``ds`` of silver.user_behavior: scalar columns and the sequences' derived columns."""
+    times = _event_times()
+    return lake.read_partition(spark, settings, USER_BEHAVIOR, ds).select(
+        "user_id",
+        "seq_len",
+        "event_timestamp",
+        F.size("behaviors").alias("seq_len_actual"),
+        (F.array_sort(times) == times).alias("time_ordered"),
+        F.size(F.filter(times, lambda t: t.isNull())).alias("untimed_behaviors"),
+        F.array_max(times).alias("max_event_time"),
+    )
+
+
+def stats_expectations(entity: str, windows: Sequence[int]) -> list[gxe.Expectation]:
+    """One row per key (and at least one), counters >= 0, windows nested, funnel consistent,
+    smoothed rates in [0, 1], as of the end of ds."""
+    keys = ENTITIES[entity]
+    windows = sorted(set(windows))
+    expectations: list[gxe.Expectation] = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        *[gxe.ExpectColumnValuesToNotBeNull(column=k) for k in keys],
+        gxe.ExpectColumnValuesToBeUnique(column=keys[0])
+        if len(keys) == 1
+        else gxe.ExpectCompoundColumnsToBeUnique(column_list=list(keys)),
+    ]
+    expectations += [
+        gxe.ExpectColumnValuesToBeBetween(column=f"{c}_{w}d", min_value=0)
+        for w in windows
+        for c in COUNTERS
+    ]
+    # Nested windows: a window never counts more than the next longer one.
+    expectations += [
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A=f"{c}_{longer}d", column_B=f"{c}_{shorter}d", or_equal=True
+        )
+        for shorter, longer in pairwise(windows)
+        for c in COUNTERS
+    ]
+    expectations += [
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A=f"{a}_{w}d", column_B=f"{b}_{w}d", or_equal=True
+        )
+        for w in windows
+        for a, b in FUNNEL
+    ]
+    expectations += [
+        gxe.ExpectColumnValuesToBeBetween(column=f"ctr_{w}d", min_value=0, max_value=1)
+        for w in windows
+    ]
+    expectations.append(
+        gxe.ExpectColumnValuesToBeInSet(
+            column="event_timestamp", value_set=_param("state_event_timestamps")
+        )
+    )
+    return expectations
+
+
+def state_gates(settings: Settings) -> tuple[TableGate, ...]:
+    """The state gate's tables: silver.user_behavior, then every entity's stats."""
+    windows = settings.aggregate.windows
+    gates = [
+        TableGate(
+            USER_BEHAVIOR,
+            _suite_name(USER_BEHAVIOR),
+            user_behavior_expectations,
+            user_behavior_frame,
+            STATE,
+        )
+    ]
+    for entity in ENTITIES:
+        spec = stats_spec(entity, windows)
+        gates.append(
+            TableGate(
+                spec,
+                _suite_name(spec),
+                partial(stats_expectations, entity, windows),
+                _partition(spec),
+                STATE,
+            )
+        )
+    return tuple(gates)
+
+
+def state_parameters(settings: Settings, ds: dt.date) -> dict[str, Any]:
+    """The state gate's ``$PARAMETER`` values for day ``ds``: state as of the end of ds."""
+    end = end_of_day(ds)
+    return {
+        "sequence_length": settings.aggregate.sequence_length,
+        "state_end": end,
+        "state_event_timestamps": [end],
+    }
+
+
+# --------------------------------------------------------------------------------------
+# Samples gate: gold.pretrain_samples and gold.downstream_samples of day ds
+# --------------------------------------------------------------------------------------
+
+
+def sample_counter_columns(windows: Sequence[int]) -> list[str]:
+    """Every counter column of the samples, e.g. u_clicks_7d, i_impressions_1d, uc_carts_30d."""
+    return [f"{p}{c}_{w}d" for p in STAT_PREFIX.values() for w in windows for c in COUNTERS]
+
+
+def pretrain_expectations(windows: Sequence[int]) -> list[gxe.Expectation]:
+    """Every impression once, 0/1 labels, weights >= 1, and state strictly older than ds."""
+    user = STAT_PREFIX["user"]
+    return [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectColumnValuesToNotBeNull(column="impression_id"),
+        gxe.ExpectColumnValuesToBeUnique(column="impression_id"),
+        *[gxe.ExpectColumnValuesToBeInSet(column=c, value_set=[0, 1]) for c in FLAGS],
+        # Negative down-sampling keeps a fraction r <= 1 of the negatives, with weight 1/r.
+        gxe.ExpectColumnValuesToBeBetween(column="weight", min_value=1),
+        # Point-in-time: the state is that of ds - 1 ...
+        gxe.ExpectColumnValuesToBeInSet(column="state_ds", value_set=_param("state_days")),
+        # ... and holds no behaviour at or after ds 00:00 (max_event_time: derived in Spark).
+        _before_state_end("max_event_time"),
+        _sequence_length(),
+        *[
+            gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0)
+            for c in sample_counter_columns(windows)
+        ],
+        *[
+            gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                column_A=f"{user}impressions_{w}d", column_B=f"{user}clicks_{w}d", or_equal=True
+            )
+            for w in sorted(set(windows))
+        ],
+    ]
+
+
+def pretrain_frame(spark: SparkSession, settings: Settings, ds: dt.date) -> DataFrame:
+    """Day ``ds`` of gold.pretrain_samples: the gated columns and ``max_event_time``."""
+    pretrain, _ = sample_specs(settings)
+    return lake.read_partition(spark, settings, pretrain, ds).select(
+        "impression_id",
+        *FLAGS,
+        "weight",
+        "state_ds",
+        "seq_len",
+        *sample_counter_columns(settings.aggregate.windows),
+        F.array_max(_event_times()).alias("max_event_time"),
+    )
+
+
+def downstream_expectations() -> list[gxe.Expectation]:
+    """The downstream subsystem's impressions only, each once."""
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column="impression_id"),
+        gxe.ExpectColumnValuesToBeUnique(column="impression_id"),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="scenario", value_set=_param("downstream_scenarios")
+        ),
+    ]
+
+
+def downstream_frame(spark: SparkSession, settings: Settings, ds: dt.date) -> DataFrame:
+    """Day ``ds`` of gold.downstream_samples: the gated columns."""
+    _, downstream = sample_specs(settings)
+    return lake.read_partition(spark, settings, downstream, ds).select("impression_id", "scenario")
+
+
+def samples_gates(settings: Settings) -> tuple[TableGate, ...]:
+    """The samples gate's tables: gold.pretrain_samples, then gold.downstream_samples."""
+    pretrain, downstream = sample_specs(settings)
+    windows = settings.aggregate.windows
+    return (
+        TableGate(
+            pretrain,
+            _suite_name(pretrain),
+            partial(pretrain_expectations, windows),
+            pretrain_frame,
+            SAMPLES,
+        ),
+        TableGate(
+            downstream,
+            _suite_name(downstream),
+            downstream_expectations,
+            downstream_frame,
+            SAMPLES,
+        ),
+    )
+
+
+def samples_parameters(settings: Settings, ds: dt.date) -> dict[str, Any]:
+    """The samples gate's ``$PARAMETER`` values for day ``ds``: state as of the end of ds-1."""
+    state_ds = ds - dt.timedelta(days=1)
+    return {
+        "sequence_length": settings.aggregate.sequence_length,
+        "state_days": [state_ds.isoformat()],
+        "state_end": end_of_day(state_ds),
+        "downstream_scenarios": [settings.aggregate.downstream_scenario],
+    }
+
+
+def row_count_check(rows: dict[str, int]) -> CheckResult:
+    """Custom (Spark, not GX) check: the downstream samples are a subset of the pretrain ones,
+    so there are no more of them."""
+    down, pre = rows[DOWNSTREAM], rows[PRETRAIN]
+    return CheckResult(
+        table=DOWNSTREAM,
+        expectation=CUSTOM_ROW_COUNT,
+        column=None,
+        success=down <= pre,
+        observed=f"{down} rows, {pre} in {PRETRAIN}",
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -231,31 +537,55 @@ class CheckResult:
 
 @dataclass
 class GateReport:
-    """Outcome of the ingest gate for one day."""
+    """Outcome of one gate (``gate``: ingest, state or samples) for one day.
+
+    ``quarantine_rate`` is the ingest gate's (NaN for the others).
+    """
 
     ds: dt.date
     success: bool
     checks: list[CheckResult] = field(default_factory=list)
     quarantine_rate: float = float("nan")
     data_docs_index: Path | None = None
+    gate: str = INGEST
 
     @property
     def failed(self) -> list[CheckResult]:
         return [c for c in self.checks if not c.success]
 
+    @property
+    def title(self) -> str:
+        return "Gate" if self.gate == INGEST else f"{self.gate.capitalize()} gate"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable digest (what the Airflow tasks return as their XCom)."""
+        digest: dict[str, Any] = {
+            "ds": self.ds.isoformat(),
+            "gate": self.gate,
+            "success": bool(self.success),
+            "checks": len(self.checks),
+            "failed": [c.line() for c in self.failed],
+            "summary": self.summary(),
+            "data_docs": str(self.data_docs_index) if self.data_docs_index else None,
+        }
+        if self.gate == INGEST and self.quarantine_rate == self.quarantine_rate:  # not NaN
+            digest["quarantine_rate"] = self.quarantine_rate
+        return digest
+
     def summary(self) -> str:
         docs = f"Data Docs: {self.data_docs_index}" if self.data_docs_index else "no Data Docs"
         rate = f"impression quarantine rate {self.quarantine_rate:.2%}"
+        ingest = self.gate == INGEST
         if self.success:
             tables = len({c.table for c in self.checks})
             return (
-                f"Gate OK for {self.ds}: {len(self.checks)} checks on {tables} tables passed, "
-                f"{rate}. {docs}"
+                f"{self.title} OK for {self.ds}: {len(self.checks)} checks on {tables} tables "
+                f"passed{f', {rate}' if ingest else ''}. {docs}"
             )
         failed = self.failed
         lines = [
-            f"Gate FAILED for {self.ds}: {len(failed)} of {len(self.checks)} checks failed "
-            f"({rate})."
+            f"{self.title} FAILED for {self.ds}: {len(failed)} of {len(self.checks)} checks "
+            f"failed{f' ({rate})' if ingest else ''}."
         ]
         lines += [f"  - {c.line()}" for c in failed]
         lines.append(docs)
@@ -412,14 +742,17 @@ def _stored_if_current(context: Any, wanted: gx.Checkpoint) -> gx.Checkpoint | N
     return stored
 
 
-def ensure_checkpoints(context: Any) -> dict[str, gx.Checkpoint]:
-    """Every gate's checkpoint (with its definition and suite), added or updated as needed.
+def ensure_checkpoints(
+    context: Any, gates: Sequence[TableGate] = GATES
+) -> dict[str, gx.Checkpoint]:
+    """The checkpoint of every table of a gate (the ingest gate by default), by suite name,
+    with its definition and suite, added or updated as needed.
 
     Nothing is written when the stored objects already match the code, so steady-state runs
     (and concurrent runs of different days) only read the project's configuration.
     """
     checkpoints = {}
-    for gate, suite in zip(GATES, suites().values(), strict=True):
+    for gate, suite in zip(gates, suites(gates).values(), strict=True):
         definition = gx.ValidationDefinition(
             name=gate.checkpoint, data=_batch_definition(context, gate.suite), suite=suite
         )
@@ -454,20 +787,30 @@ def _impressions_quarantine_rate(audit: DataFrame) -> float:
     return float(row[0]) if row is not None and row[0] is not None else float("nan")
 
 
-def validate_ingest(spark: SparkSession, settings: Settings, ds: dt.date) -> GateReport:
-    """Run the ingest gate on day ``ds``; never raises because an expectation failed."""
+def _run_gate(
+    spark: SparkSession,
+    settings: Settings,
+    ds: dt.date,
+    gate: str,
+    tables: Sequence[TableGate],
+    params: dict[str, Any],
+    inspect: Callable[[TableGate, DataFrame], None] | None = None,
+) -> tuple[list[CheckResult], Path | None]:
+    """Run every table's checkpoint on its day-``ds`` frame; the checks and the Data Docs index.
+
+    Each frame is cached once, while ``inspect`` (optional: reads figures off the frame for
+    the report) and its checkpoint's expectations run, then released.
+    """
     context = get_context(settings)
-    checkpoints = ensure_checkpoints(context)
-    params = expectation_parameters(settings, ds)
-    run_id = RunIdentifier(run_name=f"ingest_gate_{ds.isoformat()}", run_time=dt.datetime.now(UTC))
+    checkpoints = ensure_checkpoints(context, tables)
+    run_id = RunIdentifier(run_name=f"{gate}_gate_{ds.isoformat()}", run_time=dt.datetime.now(UTC))
     checks: list[CheckResult] = []
-    quarantine_rate = float("nan")
-    for gate in GATES:
-        frame = gate.frame(spark, settings, ds).persist(StorageLevel.MEMORY_AND_DISK)
+    for table in tables:
+        frame = table.frame(spark, settings, ds).persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            if gate.spec is INGEST_AUDIT:
-                quarantine_rate = _impressions_quarantine_rate(frame)
-            result = checkpoints[gate.suite].run(
+            if inspect is not None:
+                inspect(table, frame)
+            result = checkpoints[table.suite].run(
                 batch_parameters={"dataframe": frame},
                 expectation_parameters=params,
                 run_id=run_id,
@@ -475,13 +818,65 @@ def validate_ingest(spark: SparkSession, settings: Settings, ds: dt.date) -> Gat
         finally:
             frame.unpersist()
         for suite_result in result.run_results.values():
-            checks += _checks(gate.spec.name, suite_result)
+            checks += _checks(table.spec.name, suite_result)
+    return checks, data_docs_index(context)
+
+
+def _report(
+    ds: dt.date, gate: str, checks: list[CheckResult], docs: Path | None, **extra: Any
+) -> GateReport:
     report = GateReport(
         ds=ds,
         success=bool(checks) and all(c.success for c in checks),
         checks=checks,
-        quarantine_rate=quarantine_rate,
-        data_docs_index=data_docs_index(context),
+        data_docs_index=docs,
+        gate=gate,
+        **extra,
     )
     log.info("%s", report.summary())
     return report
+
+
+def validate_ingest(spark: SparkSession, settings: Settings, ds: dt.date) -> GateReport:
+    """Run the ingest gate on day ``ds``; never raises because an expectation failed."""
+    quarantine_rate = float("nan")
+
+    def inspect(table: TableGate, frame: DataFrame) -> None:
+        nonlocal quarantine_rate
+        if table.spec is INGEST_AUDIT:
+            quarantine_rate = _impressions_quarantine_rate(frame)
+
+    checks, docs = _run_gate(
+        spark, settings, ds, INGEST, GATES, expectation_parameters(settings, ds), inspect
+    )
+    return _report(ds, INGEST, checks, docs, quarantine_rate=quarantine_rate)
+
+
+def validate_state(spark: SparkSession, settings: Settings, ds: dt.date) -> GateReport:
+    """Run the state gate on the silver state of day ``ds``; never raises because an
+    expectation failed."""
+    checks, docs = _run_gate(
+        spark, settings, ds, STATE, state_gates(settings), state_parameters(settings, ds)
+    )
+    return _report(ds, STATE, checks, docs)
+
+
+def validate_samples(spark: SparkSession, settings: Settings, ds: dt.date) -> GateReport:
+    """Run the samples gate on the gold samples of day ``ds``; never raises because an
+    expectation failed."""
+    rows: dict[str, int] = {}
+
+    def inspect(table: TableGate, frame: DataFrame) -> None:
+        rows[table.spec.name] = frame.count()  # also fills the frame's cache
+
+    checks, docs = _run_gate(
+        spark,
+        settings,
+        ds,
+        SAMPLES,
+        samples_gates(settings),
+        samples_parameters(settings, ds),
+        inspect,
+    )
+    checks.append(row_count_check(rows))
+    return _report(ds, SAMPLES, checks, docs)

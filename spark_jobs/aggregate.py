@@ -268,7 +268,7 @@ def run_aggregate(spark: SparkSession, settings: Settings, ds: dt.date) -> dict[
         impressions.unpersist()
     apply_retention(spark, settings, ds)
     for spec in [USER_BEHAVIOR, *[stats_spec(e, agg.windows) for e in ENTITIES]]:
-        counts[spec.name] = lake.read_partition(spark, settings, spec, ds).count()
+        counts[spec.name] = lake.partition_rows(settings, spec, ds)
     log.info("aggregate %s: %s", ds, counts)
     return counts
 

@@ -128,6 +128,6 @@ def run_samples(spark: SparkSession, settings: Settings, ds: dt.date) -> dict[st
         )
     finally:
         samples.unpersist()
-    counts = {spec.name: lake.read_partition(spark, settings, spec, ds).count() for spec in (pretrain, downstream)}
+    counts = {spec.name: lake.partition_rows(settings, spec, ds) for spec in (pretrain, downstream)}
     log.info("samples %s: %s", ds, counts)
     return counts

@@ -105,12 +105,13 @@ def test_every_dag_follows_conventions(dagbag: dict[str, Any], convention: str) 
 def test_daily_refresh_shape(dagbag: dict[str, Any], settings: Settings) -> None:
     dag = dagbag["dags"][DAILY]
     tasks = dag["tasks"]
-    assert set(tasks) == {"land_raw", "ingest", "validate"}
-    # A chain: land_raw -> ingest -> validate, nothing else.
+    chain = [
+        "land_raw", "ingest", "validate", "aggregate", "validate_state", "samples", "validate_samples",
+    ]
+    assert set(tasks) == set(chain)
+    # A chain in this order, nothing else: every gate stops everything after it.
     assert {t: v["downstream"] for t, v in tasks.items()} == {
-        "land_raw": ["ingest"],
-        "ingest": ["validate"],
-        "validate": [],
+        task: chain[i + 1 : i + 2] for i, task in enumerate(chain)
     }
     assert dag["max_active_runs"] == 1
     assert dag["catchup"] is False

@@ -64,9 +64,11 @@ def test_one_day_through_airflow(tmp_path: Path) -> None:
     print(f"airflow db migrate: {migrate_s:.0f} s, airflow dags test: {run_s:.0f} s")
     assert result.returncode == 0
     assert task_states(settings, DS) == {
-        "land_raw": "success",
-        "ingest": "success",
-        "validate": "success",
+        task: "success"
+        for task in (
+            "land_raw", "ingest", "validate", "aggregate", "validate_state", "samples",
+            "validate_samples",
+        )
     }
 
     # Every raw impression of the day is in bronze, once, under the right ds (the demo
@@ -95,6 +97,11 @@ def test_one_day_through_airflow(tmp_path: Path) -> None:
     ingest = json.loads(xcoms["ingest"])
     assert ingest["counts"]["impressions"]["rows_stored"] == len(raw_ids)
     assert json.loads(xcoms["validate"])["success"] is True
+    assert json.loads(xcoms["validate_samples"])["success"] is True
+
+    # The day's samples: one per stored impression (no down-sampling by default).
+    samples = DeltaTable(str(settings.lake.root / "gold" / "pretrain_samples"))
+    assert samples.to_pyarrow_table(partitions=[("ds", "=", DS.isoformat())]).num_rows == len(raw_ids)
 
     # `airflow dags test` ran everything in its own process and left nothing behind.
     assert processes_using(airflow_home) == []

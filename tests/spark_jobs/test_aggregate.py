@@ -1,0 +1,236 @@
+"""Aggregation and samples: incremental state equals a full recomputation, samples see
+exactly the state of the day before, backfills equal fresh runs, order is enforced.
+
+The reference values are computed here with pandas, straight from the bronze and
+dimension tables (read with delta-rs), not with the jobs' code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from deltalake import DeltaTable
+from pyspark.sql import SparkSession
+
+from keep import generator, lake, raw_format
+from keep.config import Settings
+from keep.errors import InputError
+from keep.schemas import COUNTERS, ENTITIES, IMPRESSIONS, USER_BEHAVIOR, stats_spec
+from spark_jobs.aggregate import run_aggregate
+from spark_jobs.ingest import run_ingest
+from spark_jobs.samples import run_samples, sample_specs
+from tests.conftest import make_settings
+
+EPOCH = dt.date(2026, 1, 1)
+WINDOWS = [1, 2, 3, 5]
+LENGTH = 5
+HISTORY = [EPOCH + dt.timedelta(days=i) for i in range(8)]
+SAMPLE_DAYS = (HISTORY[5], HISTORY[7])
+
+
+def tiny(home: Path) -> Settings:
+    return make_settings(
+        home,
+        generator={"n_users": 50, "n_items": 40, "n_categories": 6, "n_brands": 12,
+                   "impressions_per_day": 500, "new_users_per_day": 2, "new_items_per_day": 1},
+        aggregate={"windows": WINDOWS, "sequence_length": LENGTH},
+    )
+
+
+def read(settings: Settings, spec_name: str, ds: dt.date | None = None) -> pd.DataFrame:
+    layer, table = spec_name.split(".")
+    filters = [("ds", "=", ds.isoformat())] if ds else None
+    return DeltaTable(str(settings.lake.root / layer / table)).to_pandas(filters=filters)
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def impressions_with_attrs(settings: Settings) -> pd.DataFrame:
+    """Every bronze impression with its item's category/brand as of its own log day."""
+    imps = read(settings, "bronze.impressions")
+    items = read(settings, "dim.items")
+    parts = []
+    for ds, day in imps.groupby("ds"):
+        asof = items[items["ds"] <= ds].sort_values("ds").drop_duplicates("item_id", keep="last")
+        parts.append(day.merge(asof[["item_id", "category_id", "brand_id"]], on="item_id", how="left"))
+    return pd.concat(parts, ignore_index=True)
+
+
+def expected_stats(events: pd.DataFrame, entity: str, ds: dt.date, prior: tuple[float, float]) -> pd.DataFrame:
+    keys = list(ENTITIES[entity])
+    rows = events.dropna(subset=keys).assign(impressions=1, clicks=events["click"], carts=events["cart"], purchases=events["purchase"])
+    out = None
+    for w in WINDOWS:
+        first = (ds - dt.timedelta(days=w - 1)).isoformat()
+        window = rows[(rows["ds"] >= first) & (rows["ds"] <= ds.isoformat())]
+        sums = window.groupby(keys)[list(COUNTERS)].sum().add_suffix(f"_{w}d")
+        out = sums if out is None else out.join(sums, how="outer")
+    assert out is not None
+    out = out.fillna(0).astype("int64")
+    ctr_prior, strength = prior
+    for w in WINDOWS:
+        out[f"ctr_{w}d"] = (out[f"clicks_{w}d"] + strength * ctr_prior) / (out[f"impressions_{w}d"] + strength)
+    out = out[out[f"impressions_{max(WINDOWS)}d"] > 0]
+    out.index = out.index.set_names(keys)
+    return out.sort_index()
+
+
+def expected_sequences(events: pd.DataFrame, ds: dt.date) -> dict[int, list[tuple]]:
+    clicked = events[(events["click"] == 1) & (events["ds"] <= ds.isoformat())].copy()
+    clicked["behavior_type"] = np.where(clicked["purchase"] == 1, "purchase", np.where(clicked["cart"] == 1, "cart", "click"))
+    cols = ["event_time", "item_id", "category_id", "brand_id", "scenario", "behavior_type"]
+    clicked = clicked.sort_values(cols)
+    return {
+        int(user): [tuple(r) for r in group[cols].itertuples(index=False)][-LENGTH:]
+        for user, group in clicked.groupby("user_id")
+    }
+
+
+def as_tuples(behaviors: object) -> list[tuple]:
+    fields = ("event_time", "item_id", "category_id", "brand_id", "scenario", "behavior_type")
+    return [tuple(b[f] for f in fields) for b in behaviors]  # type: ignore[attr-defined]
+
+
+def normalise(seq: list[tuple]) -> list[tuple]:
+    return [(pd.Timestamp(t).tz_convert("UTC") if pd.Timestamp(t).tz else pd.Timestamp(t).tz_localize("UTC"), int(i), int(c), int(b), s, k) for t, i, c, b, s, k in seq]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def history(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Eight days landed, ingested and aggregated in order; samples on two days."""
+    settings = tiny(tmp_path_factory.mktemp("history"))
+    for ds in HISTORY:
+        generator.write_day(settings, ds)
+        run_ingest(spark, settings, ds)
+        run_aggregate(spark, settings, ds)
+        if ds in SAMPLE_DAYS:
+            run_samples(spark, settings, ds)
+    return settings
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.mark.slow
+def test_incremental_state_equals_full_recomputation(history: Settings) -> None:
+    events = impressions_with_attrs(history)
+    agg = history.aggregate
+    for ds in HISTORY:
+        for entity, keys in ENTITIES.items():
+            got = read(history, stats_spec(entity, WINDOWS).name, ds).set_index(list(keys)).sort_index()
+            want = expected_stats(events, entity, ds, (agg.prior_ctr, agg.prior_strength))
+            assert list(got.index) == list(want.index), (entity, ds)
+            for col in want.columns:
+                assert np.allclose(got[col].to_numpy(dtype=float), want[col].to_numpy(dtype=float)), (entity, ds, col)
+            assert (got["event_timestamp"] == pd.Timestamp(ds + dt.timedelta(days=1), tz="UTC")).all()
+        sequences = read(history, USER_BEHAVIOR.name, ds)
+        got_seq = {int(r.user_id): normalise(as_tuples(r.behaviors)) for r in sequences.itertuples()}
+        want_seq = {u: normalise(s) for u, s in expected_sequences(events, ds).items()}
+        assert got_seq == want_seq, ds
+        assert (sequences["seq_len"] == sequences["behaviors"].map(len)).all()
+    # The windows really expired rows: some key's 5-day count differs from its all-time count.
+    last = read(history, "silver.user_stats", HISTORY[-1])
+    assert (last["impressions_1d"] < last["impressions_5d"]).any()
+    assert len(events[events["ds"] < (HISTORY[-1] - dt.timedelta(days=4)).isoformat()]) > 0
+
+
+@pytest.mark.slow
+def test_samples_see_exactly_the_state_of_the_day_before(history: Settings) -> None:
+    events = impressions_with_attrs(history)
+    agg = history.aggregate
+    pretrain, downstream = sample_specs(history)
+    for ds in SAMPLE_DAYS:
+        state_day = ds - dt.timedelta(days=1)
+        samples = read(history, pretrain.name, ds)
+        bronze = read(history, IMPRESSIONS.name, ds)
+        assert sorted(samples["impression_id"]) == sorted(bronze["impression_id"])
+        assert (samples["state_ds"] == state_day.isoformat()).all()
+        # Only information from before the sample's day: state built from partitions < ds.
+        before = events[events["ds"] < ds.isoformat()]
+        want_seq = expected_sequences(before, state_day)
+        with_history = samples[samples["seq_len"] > 0]
+        assert len(with_history) > len(samples) / 2
+        for row in with_history.itertuples():
+            assert normalise(as_tuples(row.behaviors)) == normalise(want_seq[int(row.user_id)])
+            assert max(t for t, *_ in normalise(as_tuples(row.behaviors))) < pd.Timestamp(ds, tz="UTC")
+        for entity, prefix in (("user", "u_"), ("item", "i_"), ("user_category", "uc_")):
+            keys = list(ENTITIES[entity])
+            want = expected_stats(before, entity, state_day, (agg.prior_ctr, agg.prior_strength)).add_prefix(prefix).reset_index()
+            items = read(history, "dim.items")
+            asof = items[items["ds"] <= state_day.isoformat()].sort_values("ds").drop_duplicates("item_id", keep="last")
+            joined = samples.drop(columns=["category_id"]).merge(asof[["item_id", "category_id"]], on="item_id", how="left")
+            merged = joined.merge(want, on=keys, how="left", suffixes=("", "_want"))
+            for w in WINDOWS:
+                col = f"{prefix}clicks_{w}d"
+                expected = merged[f"{col}_want"].fillna(0).to_numpy()
+                assert np.array_equal(merged[col].to_numpy(), expected), (ds, col)
+        down = read(history, downstream.name, ds)
+        assert set(down["scenario"]) == {agg.downstream_scenario}
+        assert sorted(down["impression_id"]) == sorted(samples.loc[samples["scenario"] == agg.downstream_scenario, "impression_id"])
+
+
+def _tables(settings: Settings) -> dict[str, str]:
+    """Content of every silver and gold table, order-independent, as JSON per table."""
+    out = {}
+    for layer in ("silver", "gold"):
+        for path in sorted((settings.lake.root / layer).iterdir()):
+            frame = DeltaTable(str(path)).to_pandas()
+            rows = sorted(json.dumps(r, default=str, sort_keys=True) for r in frame.to_dict(orient="records"))
+            out[f"{layer}.{path.name}"] = "\n".join(rows)
+    return out
+
+
+def _change_day(settings: Settings, ds: dt.date) -> None:
+    """Drop a third of the day's raw impressions and turn some non-clicks into clicks."""
+    path = raw_format.day_dir(settings, "impressions", ds) / "part-00000.jsonl"
+    records = [json.loads(line) for i, line in enumerate(path.read_text().splitlines()) if i % 3]
+    for r in records[::7]:
+        r["click"] = 1
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+@pytest.mark.slow
+def test_backfill_after_changed_day_equals_fresh_run_and_order_is_enforced(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    from keep import pipeline
+
+    days = HISTORY[:3]
+    repaired, fresh = tiny(tmp_path / "repaired"), tiny(tmp_path / "fresh")
+    for ds in days:
+        generator.write_day(repaired, ds)
+        run_ingest(spark, repaired, ds)
+        run_aggregate(spark, repaired, ds)
+        run_samples(spark, repaired, ds)
+    _change_day(repaired, days[1])
+    run_ingest(spark, repaired, days[1])
+    recomputed = pipeline.backfill(repaired, days[1], days[1])
+    assert recomputed == days[1:]  # the changed day and every day after it
+
+    for ds in days:
+        generator.write_day(fresh, ds)
+        if ds == days[1]:
+            _change_day(fresh, ds)
+        run_ingest(spark, fresh, ds)
+        run_aggregate(spark, fresh, ds)
+        run_samples(spark, fresh, ds)
+    assert _tables(repaired) == _tables(fresh)
+
+    # Out of order: day 5 without day 4's state is refused, with the way out in the message.
+    late = HISTORY[4]
+    generator.write_day(repaired, late)
+    run_ingest(spark, repaired, late)
+    with pytest.raises(InputError, match=r"state of 2026-01-04 is missing.*keep backfill"):
+        run_aggregate(spark, repaired, late)
+    with pytest.raises(InputError, match="no partition 2026-01-04"):
+        run_aggregate(spark, repaired, HISTORY[3])
+    assert lake.table_exists(repaired, USER_BEHAVIOR)
