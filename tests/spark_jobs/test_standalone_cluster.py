@@ -15,6 +15,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +113,10 @@ def test_standalone_cluster_matches_local(spark: SparkSession, tmp_path: Path) -
         generator.write_day(local, ds)
     driver_log = tmp_path / "cluster-driver.log"
 
-    with start_standalone(tmp_path / "cluster", cores=1, memory="1g") as cluster:
+    began = time.perf_counter()
+    with start_standalone(tmp_path / "cluster", cores=1, memory="1g", timeout=180) as cluster:
         pids = cluster.pids
+        timings = {"cluster_start_s": time.perf_counter() - began}
         env = {
             **_env(remote, cluster.master_url, cluster.client_conf()),
             **cluster.driver_env(),
@@ -128,7 +131,9 @@ def test_standalone_cluster_matches_local(spark: SparkSession, tmp_path: Path) -
                 for ds in DAYS:
                     run_ingest(spark, local, ds)
                     run_aggregate(spark, local, ds)
+                timings["local_s"] = time.perf_counter() - began - timings["cluster_start_s"]
                 returncode = driver.wait(timeout=900)
+                timings["cluster_driver_s"] = time.perf_counter() - began - timings["cluster_start_s"]
             finally:
                 if driver.poll() is None:
                     driver.kill()
@@ -153,3 +158,4 @@ def test_standalone_cluster_matches_local(spark: SparkSession, tmp_path: Path) -
     }
     counts[IMPRESSIONS.name] = _assert_same_table(local, remote, IMPRESSIONS, None)
     assert counts[IMPRESSIONS.name] == len(DAYS) * local.generator.impressions_per_day
+    print({k: round(v, 1) for k, v in timings.items()}, counts)  # shown with pytest -s
