@@ -44,6 +44,7 @@ class Via(enum.StrEnum):
     local = "local"
     airflow = "airflow"
 
+
 DateOpt = Annotated[
     dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Logical day (UTC), YYYY-MM-DD.")
 ]
@@ -109,7 +110,9 @@ def generate(
         for ds in span:
             paths = generator.write_day(settings, ds)
             progress.update(task, advance=1, description=f"generate {ds}")
-    out.print(f"wrote {len(span)} day(s) under {settings.lake.raw_root} (last: {paths['impressions']})")
+    out.print(
+        f"wrote {len(span)} day(s) under {settings.lake.raw_root} (last: {paths['impressions']})"
+    )
 
 
 @app.command()
@@ -193,12 +196,16 @@ def backfill(
 def import_taobao(
     source: Annotated[
         Path,
-        typer.Argument(help="Folder with raw_sample.csv (+ behavior_log.csv, ad_feature.csv, user_profile.csv)."),
+        typer.Argument(
+            help="Folder with raw_sample.csv (+ behavior_log.csv, ad_feature.csv, user_profile.csv)."
+        ),
     ],
     negatives_per_positive: Annotated[
         int, typer.Option(help="Sampled non-clicked impressions per behaviour-log row.")
     ] = 1,
-    chunksize: Annotated[int, typer.Option(help="Rows read at a time (bounds memory).")] = 1_000_000,
+    chunksize: Annotated[
+        int, typer.Option(help="Rows read at a time (bounds memory).")
+    ] = 1_000_000,
 ) -> None:
     """Convert the public Taobao display-ad data set into the raw format (docs/taobao.md)."""
     from keep.taobao import import_taobao as run_import
@@ -267,7 +274,9 @@ def run(
             if not result.ok:
                 break
     out.print(_summary_table(results))
-    out.print(f"{len(results)} day(s) in {time.monotonic() - began:.0f} s; lake: {settings.lake.root}")
+    out.print(
+        f"{len(results)} day(s) in {time.monotonic() - began:.0f} s; lake: {settings.lake.root}"
+    )
     failed = [r for r in results if not r.ok]
     if failed:
         console.print(f"[bold red]{failed[0].ds} failed:[/]\n{failed[0].gate_summary}")
@@ -313,7 +322,16 @@ def _count_cells(c: Any) -> list[str]:
 
 def _summary_table(results: list[Any]) -> Table:
     table = Table(title="keep run: impressions per day")
-    names = ("day", "rows in", "stored", "quarantined", "duplicates", "quarantine %", "samples", "gates")
+    names = (
+        "day",
+        "rows in",
+        "stored",
+        "quarantined",
+        "duplicates",
+        "quarantine %",
+        "samples",
+        "gates",
+    )
     for name in names:
         table.add_column(name, justify="left" if name in ("day", "gates") else "right")
     for r in results:

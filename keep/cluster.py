@@ -234,7 +234,9 @@ def _terminate_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
         _signal_group(pgid, signal.SIGKILL)
 
 
-def _launch(args: list[str], log: IO[bytes], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+def _launch(
+    args: list[str], log: IO[bytes], env: dict[str, str], cwd: Path
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         ["bash", str(spark_class()), *args],
         stdout=log,
@@ -283,21 +285,53 @@ def start_standalone(
         webui_port, worker_webui_port = free_port(), free_port()
     logs: list[IO[bytes]] = [(work_dir / n).open("ab") for n in ("master.log", "worker.log")]
     master = _launch(
-        [MASTER_CLASS, "--host", HOST, "--port", str(master_port),
-         "--webui-port", str(webui_port), "--properties-file", str(properties)],
-        logs[0], env, work_dir,
+        [
+            MASTER_CLASS,
+            "--host",
+            HOST,
+            "--port",
+            str(master_port),
+            "--webui-port",
+            str(webui_port),
+            "--properties-file",
+            str(properties),
+        ],
+        logs[0],
+        env,
+        work_dir,
     )
     worker: subprocess.Popen[bytes] | None = None
     try:
         worker = _launch(
-            [WORKER_CLASS, f"spark://{HOST}:{master_port}", "--host", HOST,
-             "--cores", str(cores), "--memory", memory, "--work-dir", str(work_dir / "work"),
-             "--webui-port", str(worker_webui_port), "--properties-file", str(properties)],
-            logs[1], env, work_dir,
+            [
+                WORKER_CLASS,
+                f"spark://{HOST}:{master_port}",
+                "--host",
+                HOST,
+                "--cores",
+                str(cores),
+                "--memory",
+                memory,
+                "--work-dir",
+                str(work_dir / "work"),
+                "--webui-port",
+                str(worker_webui_port),
+                "--properties-file",
+                str(properties),
+            ],
+            logs[1],
+            env,
+            work_dir,
         )
         cluster = StandaloneCluster(
-            work_dir=work_dir, master_port=master_port, webui_port=webui_port,
-            cores=cores, memory=memory, master=master, worker=worker, _logs=logs,
+            work_dir=work_dir,
+            master_port=master_port,
+            webui_port=webui_port,
+            cores=cores,
+            memory=memory,
+            master=master,
+            worker=worker,
+            _logs=logs,
         )
         atexit.register(cluster.stop)
         try:
@@ -324,7 +358,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory", default="1g")
     args = parser.parse_args(argv)
     with start_standalone(args.work_dir, cores=args.cores, memory=args.memory) as cluster:
-        print(f"master: {cluster.master_url}  web UI: {cluster.webui_url}  logs: {cluster.work_dir}")
+        print(
+            f"master: {cluster.master_url}  web UI: {cluster.webui_url}  logs: {cluster.work_dir}"
+        )
         print(f"use: KEEP_SPARK__MASTER={cluster.master_url} SPARK_LOCAL_IP={HOST} keep ...")
         with contextlib.suppress(KeyboardInterrupt):
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

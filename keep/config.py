@@ -164,6 +164,66 @@ class AggregateSettings(BaseModel):
     downstream_scenario: str = "ads"
 
 
+class PretrainSettings(BaseModel):
+    """The multi-task pre-training model and its training loop (docs/pretrain.md)."""
+
+    # Hashed embedding buckets: an id never seen in training still maps to a bucket.
+    user_buckets: int = 100_003
+    item_buckets: int = 50_021
+    category_buckets: int = 1_009
+    brand_buckets: int = 10_007
+    scenario_buckets: int = 17
+    embedding_dim: int = 16
+    # Dimension of every exported knowledge vector (user, item, user x category).
+    knowledge_dim: int = 64
+    hidden_dims: list[int] = Field(default_factory=lambda: [128, 64])
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 1
+    seed: int = 0
+    # torch intra-op threads per process (2 cores: 1 per rank under torchrun, 2 alone).
+    threads: int = 2
+    # Reader worker processes decoding Delta batches while the model trains (0 = inline).
+    reader_workers: int = 1
+    # Samples shuffled together (memory bound of the reader, in rows).
+    shuffle_buffer: int = 20_000
+    # Checkpoints: one folder per lineage, one file per day; mid-run every N steps.
+    checkpoint_root: Path = Path("var/checkpoints")
+    checkpoint_every_steps: int = 200
+    # Days of history a full retrain (new lineage) covers, ending with the day trained.
+    full_retrain_days: int = 7
+
+
+class KnowledgeSettings(BaseModel):
+    """Knowledge export and its gate (docs/knowledge.md)."""
+
+    # Keys active within this many days (ending with the snapshot day) are recomputed;
+    # other known keys are carried forward from the previous snapshot.
+    active_window_days: int = 7
+    export_batch_rows: int = 50_000
+    manifest_root: Path = Path("var/knowledge")
+    # Gate thresholds.
+    min_coverage: float = 0.95
+    norm_ratio_bounds: tuple[float, float] = (0.5, 2.0)
+    max_drift_median: float = 0.35
+    max_drift_p99: float = 1.2
+    min_pairwise_cosine_spread: float = 0.05
+    min_neighbour_overlap: float = 0.05
+
+
+class FeastSettings(BaseModel):
+    """The Feast feature store over the lake (feature_repo/, docs/feast.md)."""
+
+    repo_path: Path = PROJECT_ROOT / "feature_repo"
+    # feature_store.yaml and the registry / online store files are generated here.
+    store_root: Path = Path("var/feast")
+    project: str = "keep"
+    online_store: str = "sqlite"  # or "redis"
+    redis_connection: str = "127.0.0.1:6379"
+    publish_chunk_rows: int = 10_000
+
+
 class PipelineSettings(BaseModel):
     """Dates of the default demo run."""
 
@@ -189,6 +249,9 @@ class Settings(BaseSettings):
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
     aggregate: AggregateSettings = Field(default_factory=AggregateSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
+    knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
+    feast: FeastSettings = Field(default_factory=FeastSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -209,7 +272,16 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
         self.home = self.home.expanduser().resolve()
-        for section in (self.spark, self.lake, self.validation, self.airflow, self.generator):
+        for section in (
+            self.spark,
+            self.lake,
+            self.validation,
+            self.airflow,
+            self.generator,
+            self.pretrain,
+            self.knowledge,
+            self.feast,
+        ):
             for name, value in list(section):
                 if isinstance(value, Path) and not value.is_absolute():
                     setattr(section, name, self.home / value)

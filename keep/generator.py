@@ -112,25 +112,36 @@ def _build_world(g: GeneratorSettings) -> World:
     # Retrieval shows users items they like, so the raw affinity of shown pairs is positive
     # on average; centring it keeps each scenario's base_logit the click logit of an average
     # impression. Estimated once per world from a pilot sample of the retrieval process.
-    pilot_users = rng.choice(g.n_users, 20_000, p=activity[: g.n_users] / activity[: g.n_users].sum())
+    pilot_users = rng.choice(
+        g.n_users, 20_000, p=activity[: g.n_users] / activity[: g.n_users].sum()
+    )
     pilot_u = user_latent[pilot_users]
     taste = pilot_u @ category_latent.T / np.sqrt(d) * g.retrieval_sharpness
     pilot_cats = np.argmax(taste + rng.gumbel(size=taste.shape), axis=1)
-    center = float(np.mean(np.einsum("ij,ij->i", pilot_u, category_latent[pilot_cats]) / np.sqrt(d)))
+    center = float(
+        np.mean(np.einsum("ij,ij->i", pilot_u, category_latent[pilot_cats]) / np.sqrt(d))
+    )
     return World(
         g=g,
         user_latent0=user_latent,
         user_activity=activity,
         user_bias=rng.normal(0, 0.3, n_users),
         user_gender=rng.choice(np.array(["F", "M", "U"]), n_users, p=[0.5, 0.45, 0.05]),
-        user_age_level=np.clip(np.round(3 + 1.5 * rng.normal(0, 1, n_users)), 0, 6).astype(np.int64),
+        user_age_level=np.clip(np.round(3 + 1.5 * rng.normal(0, 1, n_users)), 0, 6).astype(
+            np.int64
+        ),
         # Purchase power is tied to one interest dimension: the profile carries weak signal.
         user_purchase_power=np.digitize(user_latent[:, 0], [-0.7, 0.0, 0.7]).astype(np.int64),
         category_latent=category_latent,
         item_category=item_category.astype(np.int64),
         item_latent=item_latent,
-        item_brand=(item_category * (g.n_brands // g.n_categories) + rng.integers(0, max(1, g.n_brands // g.n_categories), n_items)).astype(np.int64),
-        item_price0=np.round(np.exp(rng.normal(3.0, 0.8, n_items) + 0.3 * category_latent[item_category, 1]), 2),
+        item_brand=(
+            item_category * (g.n_brands // g.n_categories)
+            + rng.integers(0, max(1, g.n_brands // g.n_categories), n_items)
+        ).astype(np.int64),
+        item_price0=np.round(
+            np.exp(rng.normal(3.0, 0.8, n_items) + 0.3 * category_latent[item_category, 1]), 2
+        ),
         item_popularity=popularity,
         item_bias=0.15 * np.log(popularity / popularity.mean()),
         affinity_center=center,
@@ -142,7 +153,9 @@ def day_index(g: GeneratorSettings, ds: dt.date) -> int:
     if k < 0:
         raise ValueError(f"{ds} is before the generator's epoch {g.epoch}")
     if k > g.horizon_days:
-        raise ValueError(f"{ds} is past the generator's horizon ({g.horizon_days} days after {g.epoch})")
+        raise ValueError(
+            f"{ds} is past the generator's horizon ({g.horizon_days} days after {g.epoch})"
+        )
     return k
 
 
@@ -204,7 +217,14 @@ def iter_impression_chunks(settings: Settings, ds: dt.date):
     base = np.array([s.base_logit for s in scen])
     decay = np.array([s.position_decay for s in scen])
     activity = world.user_activity[:n_users] / world.user_activity[:n_users].sum()
-    cat_pop = np.log(np.bincount(world.item_category[:n_items], weights=world.item_popularity[:n_items], minlength=g.n_categories) + 1e-12)
+    cat_pop = np.log(
+        np.bincount(
+            world.item_category[:n_items],
+            weights=world.item_popularity[:n_items],
+            minlength=g.n_categories,
+        )
+        + 1e-12
+    )
     sqrt_d = np.sqrt(g.latent_dim)
     start = pd.Timestamp(ds.isoformat(), tz="UTC")
     total = g.impressions_per_day
@@ -221,7 +241,9 @@ def iter_impression_chunks(settings: Settings, ds: dt.date):
         pos_in_sorted = np.searchsorted(stacked_cdf, cats + rng.random(n), side="left")
         items = order[np.minimum(pos_in_sorted, n_items - 1)]
         position = np.minimum(rng.geometric(0.15, n) - 1, 49)
-        affinity = np.einsum("ij,ij->i", u, world.item_latent[items]) / sqrt_d - world.affinity_center
+        affinity = (
+            np.einsum("ij,ij->i", u, world.item_latent[items]) / sqrt_d - world.affinity_center
+        )
         logit = (
             base[s_idx]
             + g.affinity_weight * affinity
@@ -276,9 +298,12 @@ def dimensions_for_day(settings: Settings, ds: dt.date) -> tuple[pd.DataFrame, p
     else:
         user_rows = np.arange(world.n_users_on(k - 1), world.n_users_on(k))
         price_now, changed = item_price_on(world, k)
-        changed[world.n_items_on(k - 1):] = False
+        changed[world.n_items_on(k - 1) :] = False
         item_rows = np.concatenate(
-            [np.flatnonzero(changed[: world.n_items_on(k - 1)]), np.arange(world.n_items_on(k - 1), world.n_items_on(k))]
+            [
+                np.flatnonzero(changed[: world.n_items_on(k - 1)]),
+                np.arange(world.n_items_on(k - 1), world.n_items_on(k)),
+            ]
         )
     price, _ = item_price_on(world, k)
     users = pd.DataFrame(
@@ -309,7 +334,10 @@ def write_world_manifest(settings: Settings) -> Path:
     g = settings.generator
     path = g.truth_root / "world.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    manifest = {"world_id": g.world_id(), "generator": g.model_dump(mode="json", exclude={"truth_root"})}
+    manifest = {
+        "world_id": g.world_id(),
+        "generator": g.model_dump(mode="json", exclude={"truth_root"}),
+    }
     _atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return path
 

@@ -77,7 +77,11 @@ def _read_json(spark: SparkSession, path: Path, fields: tuple[str, ...]) -> Data
     return lines.select(
         F.col("value").alias("_raw"),
         parsed.alias("p"),
-    ).select("_raw", *[F.col(f"p.`{f}`").alias(f) for f in fields], F.col(f"p.{_CORRUPT}").isNotNull().alias("_malformed"))
+    ).select(
+        "_raw",
+        *[F.col(f"p.`{f}`").alias(f) for f in fields],
+        F.col(f"p.{_CORRUPT}").isNotNull().alias("_malformed"),
+    )
 
 
 def _read_csv(spark: SparkSession, path: Path, fields: tuple[str, ...]) -> DataFrame:

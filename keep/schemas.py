@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     ArrayType,
+    BooleanType,
+    DataType,
     DoubleType,
+    FloatType,
     IntegerType,
     LongType,
     StringType,
@@ -269,6 +273,71 @@ def samples_spec(name: str, windows: list[int]) -> TableSpec:
         key=("impression_id",),
         schema=StructType(fields),
     )
+
+
+# --------------------------------------------------------------------------- knowledge
+
+KNOWLEDGE_ENTITIES: tuple[str, ...] = ("user", "item", "user_category")
+
+
+def knowledge_spec(entity: str) -> TableSpec:
+    """knowledge.<entity>: one knowledge vector per key and snapshot.
+
+    ``knowledge_lineage`` changes only when the vectors' meaning changes (training from
+    scratch, new dimension / buckets / architecture); ``snapshot_ds`` is the day of the
+    checkpoint that produced the snapshot, whose ``event_timestamp`` is the end of that day.
+    Every snapshot covers every known key: ``recomputed`` says whether the vector was
+    computed from this day's state or carried forward from the previous snapshot.
+    Written by delta-rs (no JVM), read by Feast, the gate and the downstream models.
+    """
+    keys = ENTITIES[entity]
+    return TableSpec(
+        name=f"knowledge.{entity}",
+        description=f"Knowledge vector per {entity} key, lineage and snapshot day.",
+        key=(*keys, "knowledge_lineage", "snapshot_ds"),
+        partition_by=("knowledge_lineage", "snapshot_ds"),
+        schema=StructType(
+            [_f(k, LongType(), False) for k in keys]
+            + [
+                _f("vector", ArrayType(FloatType(), False), False),
+                _f("recomputed", BooleanType(), False),
+                _f("event_timestamp", TimestampType(), False),
+                _f("knowledge_lineage", StringType(), False),
+                _f("snapshot_ds", StringType(), False),
+            ]
+        ),
+    )
+
+
+def to_arrow_schema(spec: TableSpec) -> pa.Schema:
+    """The table's schema as pyarrow types, for readers and writers without a JVM.
+
+    Timestamps are microseconds in UTC (Spark cannot read nanosecond parquet timestamps).
+    """
+    return pa.schema(
+        [pa.field(f.name, _to_arrow(f.dataType), f.nullable) for f in spec.schema.fields]
+    )
+
+
+def _to_arrow(dtype: DataType) -> pa.DataType:
+    simple: dict[type, pa.DataType] = {
+        StringType: pa.string(),
+        LongType: pa.int64(),
+        IntegerType: pa.int32(),
+        DoubleType: pa.float64(),
+        FloatType: pa.float32(),
+        BooleanType: pa.bool_(),
+        TimestampType: pa.timestamp("us", tz="UTC"),
+    }
+    if type(dtype) in simple:
+        return simple[type(dtype)]
+    if isinstance(dtype, ArrayType):
+        return pa.list_(pa.field("element", _to_arrow(dtype.elementType), dtype.containsNull))
+    if isinstance(dtype, StructType):
+        return pa.struct(
+            [pa.field(f.name, _to_arrow(f.dataType), f.nullable) for f in dtype.fields]
+        )
+    raise TypeError(f"no arrow mapping for {dtype}")
 
 
 ALL_TABLES: tuple[TableSpec, ...] = (IMPRESSIONS, QUARANTINE, INGEST_AUDIT, DIM_USERS, DIM_ITEMS)
