@@ -12,6 +12,10 @@ The KEEP platform's daily refresh: one run per logical day `ds` (UTC).
 | `validate_state` | gate on the silver state of `ds` |
 | `samples` | gold pre-training and downstream samples of `ds`, joined with the state as of `ds - 1` |
 | `validate_samples` | gate on the gold samples of `ds` |
+| `pretrain` | multi-task pre-training on the samples of `ds`, warm-started from the checkpoint of `ds - 1` (held-out: that checkpoint's metrics on `ds`) |
+| `export_knowledge` | user, item and user x category knowledge vectors of `ds` -> Delta `knowledge.*` (+ manifest) |
+| `validate_knowledge` | knowledge gate (dimension, finite, norms, coverage, collapse, drift) |
+| `publish_knowledge` | the gated snapshot goes live in Feast's online store (non-live slot, then one pointer switch); emits the `keep_knowledge` Asset event naming lineage, snapshot and tables |
 
 A failed gate fails its task, so nothing downstream of it runs.
 
@@ -35,7 +39,9 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
+from keep.assets import KNOWLEDGE
 from keep.config import load_settings
+from keep.steps import STEPS
 
 # Airflow imports DAG files under a mangled module name; log under a readable one.
 log = logging.getLogger("keep.dags.keep_daily_refresh")
@@ -81,68 +87,36 @@ _settings = load_settings()
     tags=["keep", "daily"],
 )
 def keep_daily_refresh() -> None:
-    @task(multiple_outputs=False)  # one XCom per task, not one per dict key
-    def land_raw(ds: str | None = None) -> dict[str, Any]:
-        """Demo mode: generate the day's raw files. Otherwise: check they have landed."""
-        from keep import pipeline
+    previous = None
+    for step in STEPS:
+        current = _step_task(step)()
+        if previous is not None:
+            previous >> current
+        previous = current
 
-        files = pipeline.land_raw(load_settings(), _day(ds))
-        return {"ds": ds, "files": {k: str(v) for k, v in files.items()}}
 
-    @task(multiple_outputs=False)
-    def ingest(ds: str | None = None) -> dict[str, Any]:
-        """Raw files of ds -> bronze / dim Delta partitions; returns the per-source counts."""
-        from dataclasses import asdict
+def _step_task(step: str) -> Any:
+    """One task calling ``keep.pipeline.run_step(settings, step, ds)``; it returns the step's
+    JSON result as its XCom. The publication task also annotates its Asset event."""
+    outlets = [KNOWLEDGE] if step == "publish_knowledge" else []
 
-        from keep import pipeline
-
-        counts = pipeline.ingest(load_settings(), _day(ds))
-        return {"ds": ds, "counts": {source: asdict(c) for source, c in counts.items()}}
-
-    @task(multiple_outputs=False)
-    def validate(ds: str | None = None) -> dict[str, Any]:
-        """Gate on the day's bronze tables; raises GateFailed when it fails."""
-        from keep import pipeline
-
-        return pipeline.validate(load_settings(), _day(ds)).to_dict()
-
-    @task(multiple_outputs=False)
-    def aggregate(ds: str | None = None) -> dict[str, Any]:
-        """Silver state of ds from the state of ds - 1 plus the day's bronze partition."""
-        from keep import pipeline
-
-        return {"ds": ds, "rows": pipeline.aggregate(load_settings(), _day(ds))}
-
-    @task(multiple_outputs=False)
-    def validate_state(ds: str | None = None) -> dict[str, Any]:
-        """Gate on the silver state of ds."""
-        from keep import pipeline
-
-        return pipeline.validate_state(load_settings(), _day(ds)).to_dict()
-
-    @task(multiple_outputs=False)
-    def samples(ds: str | None = None) -> dict[str, Any]:
-        """Gold samples of ds with the state as of ds - 1."""
-        from keep import pipeline
-
-        return {"ds": ds, "rows": pipeline.samples(load_settings(), _day(ds))}
-
-    @task(multiple_outputs=False)
-    def validate_samples(ds: str | None = None) -> dict[str, Any]:
-        """Gate on the gold samples of ds."""
-        from keep import pipeline
-
-        return pipeline.validate_samples(load_settings(), _day(ds)).to_dict()
-
-    (
-        land_raw()
-        >> ingest()
-        >> validate()
-        >> aggregate()
-        >> validate_state()
-        >> samples()
-        >> validate_samples()
+    @task(
+        task_id=step,
+        outlets=outlets,
+        multiple_outputs=False,  # one XCom per task, not one per dict key
+        doc_md=f"Calls `keep.pipeline.{step}` for the run's logical day.",
     )
+    def run(ds: str | None = None) -> dict[str, Any]:
+        from keep import pipeline
+
+        result = pipeline.run_step(load_settings(), step, _day(ds))
+        if outlets:
+            from airflow.sdk import get_current_context
+
+            get_current_context()["outlet_events"][KNOWLEDGE].extra = result["result"]
+        return result
+
+    return run
 
 
 keep_daily_refresh()

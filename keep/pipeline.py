@@ -7,34 +7,26 @@ Each step takes the settings and the logical day ``ds`` and is idempotent per da
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from keep import generator, lake, raw_format
 from keep import validation as gates
 from keep.config import Settings
 from keep.errors import GateFailed, InputError
 from keep.spark import get_spark
+from keep.steps import STEPS
 from keep.validation import GateReport, validate_ingest
 from spark_jobs.aggregate import run_aggregate, state_days
 from spark_jobs.ingest import SourceCounts, run_ingest
 from spark_jobs.samples import PRETRAIN, run_samples, sample_specs
 
 log = logging.getLogger(__name__)
-
-# The daily DAG's tasks, in order. Each gate stops everything downstream of it.
-STEPS = (
-    "land_raw",
-    "ingest",
-    "validate",
-    "aggregate",
-    "validate_state",
-    "samples",
-    "validate_samples",
-)
 
 
 def land_raw(settings: Settings, ds: dt.date) -> dict[str, Path]:
@@ -89,6 +81,86 @@ def validate_samples(settings: Settings, ds: dt.date) -> GateReport:
     return _gate(gates.validate_samples(get_spark(settings), settings, ds))
 
 
+def pretrain(settings: Settings, ds: dt.date) -> Any:
+    """Pre-train on the samples of ``ds``, warm-started from the checkpoint of ``ds - 1``
+    (a new lineage from scratch when there is none); evaluates on ``ds`` before training."""
+    from models.pretrain import pretrain_day
+
+    return pretrain_day(settings, ds, progress=False)
+
+
+def export_knowledge(settings: Settings, ds: dt.date) -> Any:
+    """Knowledge snapshot of ``ds`` (user, item, user x category) from its checkpoint."""
+    from models.export import export_knowledge as export
+
+    return export(settings, ds)
+
+
+def _snapshot_lineage(settings: Settings, ds: dt.date) -> str:
+    from models.checkpoint import load_checkpoint
+
+    return load_checkpoint(settings, ds).lineage
+
+
+def validate_knowledge(settings: Settings, ds: dt.date) -> GateReport:
+    """Gate on the knowledge snapshot of ``ds``; its report is recorded in the snapshot's
+    manifest (publication reads it there); raises GateFailed with a summary."""
+    from keep import knowledge
+    from keep.knowledge_gate import validate_knowledge as gate
+
+    lineage = _snapshot_lineage(settings, ds)
+    report = gate(settings, ds, lineage)
+    manifest = knowledge.read_manifest(settings, lineage, ds)
+    if manifest is None:
+        raise InputError(f"no manifest for knowledge snapshot {lineage}/{ds}: export it first")
+    knowledge.write_manifest(settings, lineage, ds, {**manifest, "gate": report.to_dict()})
+    return _gate(report)
+
+
+def publish_knowledge(settings: Settings, ds: dt.date) -> dict[str, Any]:
+    """Publish the gated snapshot of ``ds`` to Feast's online store (non-live blue/green
+    slot, then one pointer switch); returns what the knowledge Asset event carries.
+
+    Refuses a snapshot whose manifest holds no passed gate report (a re-export after the
+    gate rewrites the manifest without one)."""
+    from keep import knowledge
+    from keep.feast_store import apply_repo
+    from keep.feast_store import publish_knowledge as publish
+
+    lineage = _snapshot_lineage(settings, ds)
+    manifest = knowledge.read_manifest(settings, lineage, ds) or {}
+    gate_report = manifest.get("gate") or {"success": False, "ds": ds.isoformat()}
+    # `feast apply` is idempotent: the registry follows feature_repo/ at every publication.
+    store = apply_repo(settings)
+    return publish(settings, ds, lineage, gate=gate_report, store=store)
+
+
+def run_step(settings: Settings, name: str, ds: dt.date) -> dict[str, Any]:
+    """Run step ``name`` of :data:`STEPS` for ``ds``; its result as JSON-ready data
+    (what an Airflow task returns as its XCom)."""
+    if name not in STEPS:
+        raise ValueError(f"unknown step {name!r}; steps: {', '.join(STEPS)}")
+    step: Callable[[Settings, dt.date], Any] = globals()[name]
+    return {"ds": ds.isoformat(), "step": name, "result": to_json(step(settings, ds))}
+
+
+def to_json(value: Any) -> Any:
+    """Dataclasses, reports, dates and paths as plain JSON values."""
+    if hasattr(value, "to_dict"):
+        return to_json(value.to_dict())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_json(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [to_json(v) for v in value]
+    if isinstance(value, dt.date | Path):
+        return str(value)
+    if isinstance(value, float | int | str | bool) or value is None:
+        return value
+    return str(value)
+
+
 def backfill(
     settings: Settings,
     start: dt.date,
@@ -125,6 +197,9 @@ class DayResult:
     ds: dt.date
     counts: dict[str, SourceCounts] = field(default_factory=dict)
     samples: int | None = None
+    lineage: str | None = None
+    # Held-out click AUC: yesterday's model on this day's samples, before training on them.
+    click_auc: float | None = None
     gate_passed: bool = False
     gate_summary: str = ""
 
@@ -137,20 +212,28 @@ def run_day(settings: Settings, ds: dt.date, *, land: bool | None = None) -> Day
     """Run every step for ``ds`` in this process, in order (what the DAG's tasks do)."""
     result = DayResult(ds=ds)
     if land if land is not None else settings.airflow.demo_mode:
-        generator.write_day(settings, ds)
+        land_raw(settings, ds)
     try:
-        result.counts = ingest(settings, ds)
-        validate(settings, ds)
-        aggregate(settings, ds)
-        validate_state(settings, ds)
-        result.samples = samples(settings, ds)[PRETRAIN]
-        validate_samples(settings, ds)
+        for name in STEPS[1:]:
+            outcome = run_step(settings, name, ds)["result"]
+            if name == "ingest":
+                result.counts = ingest_counts(outcome)
+            elif name == "samples":
+                result.samples = outcome[PRETRAIN]
+            elif name == "pretrain":
+                result.click_auc = outcome.get("metrics", {}).get("click_auc")
+                result.lineage = outcome.get("lineage")
     except GateFailed as failed:
         result.gate_summary = str(failed)
         return result
     result.gate_passed = True
     result.gate_summary = f"all gates passed for {ds}"
     return result
+
+
+def ingest_counts(outcome: dict[str, Any]) -> dict[str, SourceCounts]:
+    names = SourceCounts.__dataclass_fields__
+    return {src: SourceCounts(**{k: c[k] for k in names}) for src, c in outcome.items()}
 
 
 def run_day_airflow(settings: Settings, ds: dt.date) -> DayResult:

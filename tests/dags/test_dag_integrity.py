@@ -48,6 +48,7 @@ for dag_id, dag in bag.dags.items():
                 "depends_on_past": t.depends_on_past,
                 "has_failure_callback": bool(t.on_failure_callback),
                 "downstream": sorted(t.downstream_task_ids),
+                "outlets": [getattr(o, "name", str(o)) for o in t.outlets],
             }
             for t in dag.tasks
         },
@@ -106,7 +107,17 @@ def test_daily_refresh_shape(dagbag: dict[str, Any], settings: Settings) -> None
     dag = dagbag["dags"][DAILY]
     tasks = dag["tasks"]
     chain = [
-        "land_raw", "ingest", "validate", "aggregate", "validate_state", "samples", "validate_samples",
+        "land_raw",
+        "ingest",
+        "validate",
+        "aggregate",
+        "validate_state",
+        "samples",
+        "validate_samples",
+        "pretrain",
+        "export_knowledge",
+        "validate_knowledge",
+        "publish_knowledge",
     ]
     assert set(tasks) == set(chain)
     # A chain in this order, nothing else: every gate stops everything after it.
@@ -124,6 +135,9 @@ def test_daily_refresh_shape(dagbag: dict[str, Any], settings: Settings) -> None
         assert task["depends_on_past"] is True, task_id
         assert task["retries"] >= 1 and task["retry_delay_s"] > 0, task_id
         assert task["has_failure_callback"], task_id
+        # Only the publication announces the knowledge Asset (after every gate passed).
+        expected = ["keep_knowledge"] if task_id == "publish_knowledge" else []
+        assert task["outlets"] == expected, task_id
 
 
 def test_parsing_stays_light(dagbag: dict[str, Any]) -> None:

@@ -66,7 +66,12 @@ def test_one_day_through_airflow(tmp_path: Path) -> None:
     assert task_states(settings, DS) == {
         task: "success"
         for task in (
-            "land_raw", "ingest", "validate", "aggregate", "validate_state", "samples",
+            "land_raw",
+            "ingest",
+            "validate",
+            "aggregate",
+            "validate_state",
+            "samples",
             "validate_samples",
         )
     }
@@ -101,7 +106,9 @@ def test_one_day_through_airflow(tmp_path: Path) -> None:
 
     # The day's samples: one per stored impression (no down-sampling by default).
     samples = DeltaTable(str(settings.lake.root / "gold" / "pretrain_samples"))
-    assert samples.to_pyarrow_table(partitions=[("ds", "=", DS.isoformat())]).num_rows == len(raw_ids)
+    assert samples.to_pyarrow_table(partitions=[("ds", "=", DS.isoformat())]).num_rows == len(
+        raw_ids
+    )
 
     # `airflow dags test` ran everything in its own process and left nothing behind.
     assert processes_using(airflow_home) == []

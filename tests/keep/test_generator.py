@@ -34,12 +34,19 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 def world_settings(home: Path, **generator_overrides: object) -> Settings:
     return make_settings(
         home,
-        generator={"n_users": 2_000, "n_items": 800, "impressions_per_day": 30_000, **generator_overrides},
+        generator={
+            "n_users": 2_000,
+            "n_items": 800,
+            "impressions_per_day": 30_000,
+            **generator_overrides,
+        },
     )
 
 
 @pytest.fixture(scope="module")
-def small_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, pd.DataFrame, pd.DataFrame]:
+def small_world(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Settings, pd.DataFrame, pd.DataFrame]:
     settings = world_settings(tmp_path_factory.mktemp("world"))
     raws, oracles = [], []
     for ds in DAYS:
@@ -101,8 +108,12 @@ def test_growth_drift_and_truth_files(small_world) -> None:
     assert len(new_items) == g.new_items_per_day
     day1 = raw[raw["impression_id"].str.startswith(f"{DAYS[1]:%Y%m%d}")]
     assert day1["user_id"].max() < g.n_users + g.new_users_per_day
-    latent0 = pd.read_parquet(generator.truth_dir(settings, "user_latent", DAYS[0]) / "part-00000.parquet")
-    latent2 = pd.read_parquet(generator.truth_dir(settings, "user_latent", DAYS[2]) / "part-00000.parquet")
+    latent0 = pd.read_parquet(
+        generator.truth_dir(settings, "user_latent", DAYS[0]) / "part-00000.parquet"
+    )
+    latent2 = pd.read_parquet(
+        generator.truth_dir(settings, "user_latent", DAYS[2]) / "part-00000.parquet"
+    )
     a = np.stack(latent0["latent"].to_numpy())
     b = np.stack(latent2["latent"].to_numpy())[: len(a)]
     corr = np.corrcoef(a.ravel(), b.ravel())[0, 1]
@@ -110,7 +121,9 @@ def test_growth_drift_and_truth_files(small_world) -> None:
     manifest = json.loads((g.truth_root / "world.json").read_text())
     assert manifest["world_id"] == g.world_id()
     # The truth never lands beside the raw logs.
-    assert not any("p_click" in p.read_text()[:2000] for p in settings.lake.raw_root.rglob("*.jsonl"))
+    assert not any(
+        "p_click" in p.read_text()[:2000] for p in settings.lake.raw_root.rglob("*.jsonl")
+    )
 
 
 def _digest(root: Path) -> dict[str, str]:

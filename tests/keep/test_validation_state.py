@@ -24,9 +24,11 @@ from keep import generator, lake
 from keep.config import Settings
 from keep.schemas import COUNTERS, USER_BEHAVIOR, TableSpec, stats_spec
 from keep.validation import (
+    COUNTER_CHECKS,
     CUSTOM_ROW_COUNT,
     CheckResult,
     GateReport,
+    counter_checks,
     samples_gates,
     samples_parameters,
     state_gates,
@@ -55,6 +57,7 @@ CATEGORY_STATS = "silver.user_category_stats"
 PAIR = "expect_column_pair_values_a_to_be_greater_than_b"
 IN_SET = "expect_column_values_to_be_in_set"
 BETWEEN = "expect_column_values_to_be_between"
+NULL = "expect_column_values_to_be_null"
 
 Check = tuple[str, str, str | None]
 
@@ -132,33 +135,44 @@ def test_one_suite_and_checkpoint_per_table(settings: Settings) -> None:
     assert state[1].spec == stats_spec("user", settings.aggregate.windows)
 
 
-def test_stats_suite_nests_windows_in_order(settings: Settings) -> None:
-    """Windows are compared shortest to longest whatever their order in the settings."""
-    expectations = stats_expectations("user_category", [30, 1, 7])
-    keys = [(e.configuration.type, e.configuration.kwargs) for e in expectations]
-    pairs = [
-        (kw["column_A"], kw["column_B"])
-        for kind, kw in keys
-        if kind == PAIR and kw["column_A"].split("_")[0] == kw["column_B"].split("_")[0]
+def test_counter_checks_name_each_violated_relation(spark: SparkSession) -> None:
+    """Windows are compared shortest to longest whatever their order in the settings, and
+    each violated relation is named in its row's check column."""
+    windows = [30, 1, 7]
+    good = {f"{c}_{w}d": n for w in windows for c, n in zip(COUNTERS, (9, 4, 2, 1), strict=True)}
+    rows = [
+        ("ok", good),
+        ("not_nested", {**good, "clicks_1d": 5, "impressions_1d": 6, "impressions_7d": 9}),
+        ("funnel", {**good, "carts_30d": 5, "clicks_7d": 4}),
+        ("negative", {**good, "purchases_1d": -1}),
     ]
-    assert pairs == [
-        *[(f"{c}_7d", f"{c}_1d") for c in COUNTERS],
-        *[(f"{c}_30d", f"{c}_7d") for c in COUNTERS],
-    ]
-    funnel = [(kw["column_A"], kw["column_B"]) for kind, kw in keys if kind == PAIR][len(pairs) :]
-    assert funnel[:3] == [
-        ("impressions_1d", "clicks_1d"),
-        ("clicks_1d", "carts_1d"),
-        ("clicks_1d", "purchases_1d"),
-    ]
-    assert all(kw.get("or_equal") for kind, kw in keys if kind == PAIR)
+    frame = spark.createDataFrame([{"case": name, **values} for name, values in rows]).select(
+        "case", *counter_checks(windows).values()
+    )
+    got = {r["case"]: tuple(r)[1:] for r in frame.collect()}
+    assert COUNTER_CHECKS == ("negative_counters", "windows_not_nested", "funnel_violations")
+    assert got == {
+        "ok": (None, None, None),
+        # clicks: 1d = 5 > 7d = 4 (7d <= 30d still holds); impressions 1d = 6 <= 7d = 9.
+        "not_nested": (None, "clicks_1d > clicks_7d", None),
+        # carts_30d = 5 > clicks_30d = 4.
+        "funnel": (None, None, "carts_30d > clicks_30d"),
+        # purchases_1d = -1 < 0 (and so no funnel or nesting violation).
+        "negative": ("purchases_1d < 0", None, None),
+    }
+    expectations = stats_expectations("user_category", windows)
     assert (
         "expect_compound_columns_to_be_unique",
         {"column_list": ["user_id", "category_id"]},
-    ) in [(kind, {k: v for k, v in kw.items() if k == "column_list"}) for kind, kw in keys]
-    # Row count, 2 keys not null, compound key unique, 12 counters >= 0, 8 nested pairs,
-    # 9 funnel pairs, 3 rates, event_timestamp.
-    assert len(expectations) == 1 + 2 + 1 + 12 + 8 + 9 + 3 + 1
+    ) in [
+        (
+            e.configuration.type,
+            {k: v for k, v in e.configuration.kwargs.items() if k == "column_list"},
+        )
+        for e in expectations
+    ]
+    nulls = [e.configuration.kwargs["column"] for e in expectations if e.configuration.type == NULL]
+    assert nulls == list(COUNTER_CHECKS)
 
 
 def test_summary_of_a_state_report_names_the_gate(tmp_path: Path) -> None:
@@ -355,12 +369,12 @@ TAMPERS = {
     "window_not_nested": Tamper(
         lambda s: stats_spec("user", s.aggregate.windows),
         window_not_nested,
-        lambda s: {(USER_STATS, PAIR, "clicks_{1}d,clicks_{0}d".format(*_windows(s)))},
+        lambda s: {(USER_STATS, NULL, "windows_not_nested")},
     ),
     "clicks_above_impressions": Tamper(
         lambda s: stats_spec("item", s.aggregate.windows),
         clicks_above_impressions,
-        lambda s: {(ITEM_STATS, PAIR, "impressions_{0}d,clicks_{0}d".format(_windows(s)[-1]))},
+        lambda s: {(ITEM_STATS, NULL, "funnel_violations")},
     ),
     "unordered_and_late_sequences": Tamper(
         lambda s: USER_BEHAVIOR,
@@ -389,8 +403,12 @@ TAMPERS = {
 
 # What each failed check must report (the tampered rows), by (case, column).
 OBSERVED = {
-    ("window_not_nested", "clicks_7d,clicks_1d"): "1 unexpected value, e.g. [(",
-    ("clicks_above_impressions", "impressions_365d,clicks_365d"): "1 unexpected value, e.g. [(",
+    ("window_not_nested", "windows_not_nested"): (
+        "1 unexpected value, e.g. ['clicks_1d > clicks_7d']"
+    ),
+    ("clicks_above_impressions", "funnel_violations"): (
+        "1 unexpected value, e.g. ['clicks_365d > impressions_365d']"
+    ),
     ("unordered_and_late_sequences", "time_ordered"): "1 unexpected value, e.g. [False]",
     ("unordered_and_late_sequences", "max_event_time"): (
         "1 unexpected value, e.g. ['2026-01-04 00:00:00']"

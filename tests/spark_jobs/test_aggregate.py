@@ -36,8 +36,15 @@ SAMPLE_DAYS = (HISTORY[5], HISTORY[7])
 def tiny(home: Path) -> Settings:
     return make_settings(
         home,
-        generator={"n_users": 50, "n_items": 40, "n_categories": 6, "n_brands": 12,
-                   "impressions_per_day": 500, "new_users_per_day": 2, "new_items_per_day": 1},
+        generator={
+            "n_users": 50,
+            "n_items": 40,
+            "n_categories": 6,
+            "n_brands": 12,
+            "impressions_per_day": 500,
+            "new_users_per_day": 2,
+            "new_items_per_day": 1,
+        },
         aggregate={"windows": WINDOWS, "sequence_length": LENGTH},
     )
 
@@ -58,13 +65,19 @@ def impressions_with_attrs(settings: Settings) -> pd.DataFrame:
     parts = []
     for ds, day in imps.groupby("ds"):
         asof = items[items["ds"] <= ds].sort_values("ds").drop_duplicates("item_id", keep="last")
-        parts.append(day.merge(asof[["item_id", "category_id", "brand_id"]], on="item_id", how="left"))
+        parts.append(
+            day.merge(asof[["item_id", "category_id", "brand_id"]], on="item_id", how="left")
+        )
     return pd.concat(parts, ignore_index=True)
 
 
-def expected_stats(events: pd.DataFrame, entity: str, ds: dt.date, prior: tuple[float, float]) -> pd.DataFrame:
+def expected_stats(
+    events: pd.DataFrame, entity: str, ds: dt.date, prior: tuple[float, float]
+) -> pd.DataFrame:
     keys = list(ENTITIES[entity])
-    rows = events.dropna(subset=keys).assign(impressions=1, clicks=events["click"], carts=events["cart"], purchases=events["purchase"])
+    rows = events.dropna(subset=keys).assign(
+        impressions=1, clicks=events["click"], carts=events["cart"], purchases=events["purchase"]
+    )
     out = None
     for w in WINDOWS:
         first = (ds - dt.timedelta(days=w - 1)).isoformat()
@@ -75,7 +88,9 @@ def expected_stats(events: pd.DataFrame, entity: str, ds: dt.date, prior: tuple[
     out = out.fillna(0).astype("int64")
     ctr_prior, strength = prior
     for w in WINDOWS:
-        out[f"ctr_{w}d"] = (out[f"clicks_{w}d"] + strength * ctr_prior) / (out[f"impressions_{w}d"] + strength)
+        out[f"ctr_{w}d"] = (out[f"clicks_{w}d"] + strength * ctr_prior) / (
+            out[f"impressions_{w}d"] + strength
+        )
     out = out[out[f"impressions_{max(WINDOWS)}d"] > 0]
     out.index = out.index.set_names(keys)
     return out.sort_index()
@@ -83,7 +98,9 @@ def expected_stats(events: pd.DataFrame, entity: str, ds: dt.date, prior: tuple[
 
 def expected_sequences(events: pd.DataFrame, ds: dt.date) -> dict[int, list[tuple]]:
     clicked = events[(events["click"] == 1) & (events["ds"] <= ds.isoformat())].copy()
-    clicked["behavior_type"] = np.where(clicked["purchase"] == 1, "purchase", np.where(clicked["cart"] == 1, "cart", "click"))
+    clicked["behavior_type"] = np.where(
+        clicked["purchase"] == 1, "purchase", np.where(clicked["cart"] == 1, "cart", "click")
+    )
     cols = ["event_time", "item_id", "category_id", "brand_id", "scenario", "behavior_type"]
     clicked = clicked.sort_values(cols)
     return {
@@ -98,7 +115,19 @@ def as_tuples(behaviors: object) -> list[tuple]:
 
 
 def normalise(seq: list[tuple]) -> list[tuple]:
-    return [(pd.Timestamp(t).tz_convert("UTC") if pd.Timestamp(t).tz else pd.Timestamp(t).tz_localize("UTC"), int(i), int(c), int(b), s, k) for t, i, c, b, s, k in seq]
+    return [
+        (
+            pd.Timestamp(t).tz_convert("UTC")
+            if pd.Timestamp(t).tz
+            else pd.Timestamp(t).tz_localize("UTC"),
+            int(i),
+            int(c),
+            int(b),
+            s,
+            k,
+        )
+        for t, i, c, b, s, k in seq
+    ]
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -126,14 +155,24 @@ def test_incremental_state_equals_full_recomputation(history: Settings) -> None:
     agg = history.aggregate
     for ds in HISTORY:
         for entity, keys in ENTITIES.items():
-            got = read(history, stats_spec(entity, WINDOWS).name, ds).set_index(list(keys)).sort_index()
+            got = (
+                read(history, stats_spec(entity, WINDOWS).name, ds)
+                .set_index(list(keys))
+                .sort_index()
+            )
             want = expected_stats(events, entity, ds, (agg.prior_ctr, agg.prior_strength))
             assert list(got.index) == list(want.index), (entity, ds)
             for col in want.columns:
-                assert np.allclose(got[col].to_numpy(dtype=float), want[col].to_numpy(dtype=float)), (entity, ds, col)
-            assert (got["event_timestamp"] == pd.Timestamp(ds + dt.timedelta(days=1), tz="UTC")).all()
+                assert np.allclose(
+                    got[col].to_numpy(dtype=float), want[col].to_numpy(dtype=float)
+                ), (entity, ds, col)
+            assert (
+                got["event_timestamp"] == pd.Timestamp(ds + dt.timedelta(days=1), tz="UTC")
+            ).all()
         sequences = read(history, USER_BEHAVIOR.name, ds)
-        got_seq = {int(r.user_id): normalise(as_tuples(r.behaviors)) for r in sequences.itertuples()}
+        got_seq = {
+            int(r.user_id): normalise(as_tuples(r.behaviors)) for r in sequences.itertuples()
+        }
         want_seq = {u: normalise(s) for u, s in expected_sequences(events, ds).items()}
         assert got_seq == want_seq, ds
         assert (sequences["seq_len"] == sequences["behaviors"].map(len)).all()
@@ -161,13 +200,25 @@ def test_samples_see_exactly_the_state_of_the_day_before(history: Settings) -> N
         assert len(with_history) > len(samples) / 2
         for row in with_history.itertuples():
             assert normalise(as_tuples(row.behaviors)) == normalise(want_seq[int(row.user_id)])
-            assert max(t for t, *_ in normalise(as_tuples(row.behaviors))) < pd.Timestamp(ds, tz="UTC")
+            assert max(t for t, *_ in normalise(as_tuples(row.behaviors))) < pd.Timestamp(
+                ds, tz="UTC"
+            )
         for entity, prefix in (("user", "u_"), ("item", "i_"), ("user_category", "uc_")):
             keys = list(ENTITIES[entity])
-            want = expected_stats(before, entity, state_day, (agg.prior_ctr, agg.prior_strength)).add_prefix(prefix).reset_index()
+            want = (
+                expected_stats(before, entity, state_day, (agg.prior_ctr, agg.prior_strength))
+                .add_prefix(prefix)
+                .reset_index()
+            )
             items = read(history, "dim.items")
-            asof = items[items["ds"] <= state_day.isoformat()].sort_values("ds").drop_duplicates("item_id", keep="last")
-            joined = samples.drop(columns=["category_id"]).merge(asof[["item_id", "category_id"]], on="item_id", how="left")
+            asof = (
+                items[items["ds"] <= state_day.isoformat()]
+                .sort_values("ds")
+                .drop_duplicates("item_id", keep="last")
+            )
+            joined = samples.drop(columns=["category_id"]).merge(
+                asof[["item_id", "category_id"]], on="item_id", how="left"
+            )
             merged = joined.merge(want, on=keys, how="left", suffixes=("", "_want"))
             for w in WINDOWS:
                 col = f"{prefix}clicks_{w}d"
@@ -175,7 +226,9 @@ def test_samples_see_exactly_the_state_of_the_day_before(history: Settings) -> N
                 assert np.array_equal(merged[col].to_numpy(), expected), (ds, col)
         down = read(history, downstream.name, ds)
         assert set(down["scenario"]) == {agg.downstream_scenario}
-        assert sorted(down["impression_id"]) == sorted(samples.loc[samples["scenario"] == agg.downstream_scenario, "impression_id"])
+        assert sorted(down["impression_id"]) == sorted(
+            samples.loc[samples["scenario"] == agg.downstream_scenario, "impression_id"]
+        )
 
 
 def _tables(settings: Settings) -> dict[str, str]:
@@ -184,7 +237,9 @@ def _tables(settings: Settings) -> dict[str, str]:
     for layer in ("silver", "gold"):
         for path in sorted((settings.lake.root / layer).iterdir()):
             frame = DeltaTable(str(path)).to_pandas()
-            rows = sorted(json.dumps(r, default=str, sort_keys=True) for r in frame.to_dict(orient="records"))
+            rows = sorted(
+                json.dumps(r, default=str, sort_keys=True) for r in frame.to_dict(orient="records")
+            )
             out[f"{layer}.{path.name}"] = "\n".join(rows)
     return out
 

@@ -107,7 +107,10 @@ def test_quarantine_reasons_and_row_balance(spark: SparkSession, settings: Setti
     base = dict(rows[0], click=1, cart=0, purchase=0)
     bad = defective_rows(D1, base)
     # A late event within the allowed lateness is clean and must be stored.
-    late = dict(rows[1], event_time=(pd.Timestamp(D1.isoformat(), tz="UTC") - pd.Timedelta(minutes=30)).isoformat())
+    late = dict(
+        rows[1],
+        event_time=(pd.Timestamp(D1.isoformat(), tz="UTC") - pd.Timedelta(minutes=30)).isoformat(),
+    )
     rows[1] = late
     lines = [dumps(r) for r in rows] + [line for line, _ in bad]
     write_lines(settings, "impressions", D1, lines)
@@ -120,12 +123,22 @@ def test_quarantine_reasons_and_row_balance(spark: SparkSession, settings: Setti
     assert got == dict(bad), "every injected row, and only those, quarantined with its own reason"
     stored = delta_frame(settings, IMPRESSIONS, D1)
     assert set(stored["impression_id"]) == {r["impression_id"] for r in rows}
-    assert counts.rows_in == len(lines) == counts.rows_stored + counts.rows_quarantined + counts.duplicates
-    assert (counts.rows_stored, counts.rows_quarantined, counts.duplicates) == (len(rows), len(bad), 0)
+    assert (
+        counts.rows_in
+        == len(lines)
+        == counts.rows_stored + counts.rows_quarantined + counts.duplicates
+    )
+    assert (counts.rows_stored, counts.rows_quarantined, counts.duplicates) == (
+        len(rows),
+        len(bad),
+        0,
+    )
 
 
 @pytest.mark.slow
-def test_duplicates_within_day_and_against_earlier_days(spark: SparkSession, settings: Settings) -> None:
+def test_duplicates_within_day_and_against_earlier_days(
+    spark: SparkSession, settings: Settings
+) -> None:
     day1 = clean_rows(settings, D1)[-100:]  # the day's last events (generator sorts by time)
     write_lines(settings, "impressions", D1, [dumps(r) for r in day1])
     run_ingest(spark, settings, D1)
@@ -190,17 +203,29 @@ def test_rerun_is_identical_and_changed_day_touches_only_itself(
 
 
 @pytest.mark.slow
-def test_csv_and_parquet_inputs_and_dimension_history(spark: SparkSession, settings: Settings) -> None:
+def test_csv_and_parquet_inputs_and_dimension_history(
+    spark: SparkSession, settings: Settings
+) -> None:
     rows = pd.DataFrame(clean_rows(settings, D1)[:40])
     folder = raw_format.day_dir(settings, "impressions", D1)
     folder.mkdir(parents=True)
     rows.iloc[:20].to_csv(folder / "a.csv", index=False)
     rows.iloc[20:].to_parquet(folder / "b.parquet", index=False)
-    write_lines(settings, "items", D1, [
-        json.dumps({"item_id": 1, "category_id": 3, "brand_id": 9, "price": 10.0}),
-        json.dumps({"item_id": 2, "category_id": 4, "brand_id": None, "price": -1.0}),
-    ])
-    write_lines(settings, "items", D2, [json.dumps({"item_id": 1, "category_id": 3, "brand_id": 9, "price": 12.5})])
+    write_lines(
+        settings,
+        "items",
+        D1,
+        [
+            json.dumps({"item_id": 1, "category_id": 3, "brand_id": 9, "price": 10.0}),
+            json.dumps({"item_id": 2, "category_id": 4, "brand_id": None, "price": -1.0}),
+        ],
+    )
+    write_lines(
+        settings,
+        "items",
+        D2,
+        [json.dumps({"item_id": 1, "category_id": 3, "brand_id": 9, "price": 12.5})],
+    )
     write_lines(settings, "impressions", D2, [dumps(r) for r in clean_rows(settings, D2)[:5]])
 
     counts = run_ingest(spark, settings, D1)
@@ -211,7 +236,10 @@ def test_csv_and_parquet_inputs_and_dimension_history(spark: SparkSession, setti
     quarantine = delta_frame(settings, QUARANTINE, D1)
     assert quarantine.loc[quarantine["source"] == "items", "reason"].tolist() == ["negative_price"]
     items = lake.read_table(spark, settings, DIM_ITEMS)
-    price = {ds: lake.as_of(items, "item_id", ds).where("item_id = 1").first()["price"] for ds in (D1, D2)}
+    price = {
+        ds: lake.as_of(items, "item_id", ds).where("item_id = 1").first()["price"]
+        for ds in (D1, D2)
+    }
     assert price == {D1: 10.0, D2: 12.5}
 
 

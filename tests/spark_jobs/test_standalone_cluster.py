@@ -99,7 +99,9 @@ def _same(a: Any, b: Any) -> bool:
 def _assert_same_table(a: Settings, b: Settings, spec: TableSpec, ds: dt.date | None) -> int:
     rows_a, rows_b = _rows(a, spec, ds), _rows(b, spec, ds)
     assert rows_a, f"{spec.name} is empty on local[2]"
-    assert len(rows_a) == len(rows_b), f"{spec.name}: {len(rows_a)} rows local, {len(rows_b)} cluster"
+    assert len(rows_a) == len(rows_b), (
+        f"{spec.name}: {len(rows_a)} rows local, {len(rows_b)} cluster"
+    )
     for ra, rb in zip(rows_a, rows_b, strict=True):
         assert _same(ra, rb), f"{spec.name} differs:\nlocal:   {ra}\ncluster: {rb}"
     return len(rows_a)
@@ -124,7 +126,10 @@ def test_standalone_cluster_matches_local(spark: SparkSession, tmp_path: Path) -
         with driver_log.open("wb") as log:
             driver = subprocess.Popen(
                 [sys.executable, "-c", CLUSTER_DRIVER, *[d.isoformat() for d in DAYS]],
-                env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
             try:
                 # The local side runs meanwhile, in this process.
@@ -133,7 +138,9 @@ def test_standalone_cluster_matches_local(spark: SparkSession, tmp_path: Path) -
                     run_aggregate(spark, local, ds)
                 timings["local_s"] = time.perf_counter() - began - timings["cluster_start_s"]
                 returncode = driver.wait(timeout=900)
-                timings["cluster_driver_s"] = time.perf_counter() - began - timings["cluster_start_s"]
+                timings["cluster_driver_s"] = (
+                    time.perf_counter() - began - timings["cluster_start_s"]
+                )
             finally:
                 if driver.poll() is None:
                     driver.kill()

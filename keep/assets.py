@@ -1,0 +1,13 @@
+"""Airflow Assets shared by KEEP's DAGs (declared once; imported only by DAG files).
+
+``KNOWLEDGE`` is updated by the daily refresh each time a validated knowledge snapshot
+goes live in Feast's online store. Its event's ``extra`` names the lineage, the snapshot
+day, the slot and the tables, so a consumer (the downstream training DAG, scheduled on
+this Asset and therefore without a logical date of its own) knows exactly what to read.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import Asset
+
+KNOWLEDGE = Asset(name="keep_knowledge", uri="keep://knowledge/online")
