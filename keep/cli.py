@@ -191,6 +191,69 @@ def backfill(
     out.print(f"recomputed {len(span)} day(s): {span[0]} .. {span[-1]}")
 
 
+@app.command()
+@_friendly
+def pretrain(
+    ds: DateOpt,
+    full_retrain: Annotated[
+        bool,
+        typer.Option(
+            "--full-retrain",
+            help="Train from scratch over pretrain.full_retrain_days days ending with --ds "
+            "(starts a new lineage) instead of warm-starting from the day before.",
+        ),
+    ] = False,
+) -> None:
+    """Pre-train the multi-task model on one day (warm start from the day before's checkpoint).
+
+    Distributed: `python -m torch.distributed.run --nproc_per_node=2 -m models.pretrain_ddp
+    --ds D` runs the same training with DDP (see docs/pretrain.md).
+    """
+    from models.pretrain import pretrain_day
+
+    result = pretrain_day(load_settings(), ds.date(), full_retrain=full_retrain, progress=True)
+    table = Table(title=f"pretrain {ds.date()}: {result.mode}, lineage {result.lineage}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in sorted(result.metrics.items()):
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    out.print(table)
+    out.print(f"checkpoint: {result.checkpoint_path}")
+
+
+@app.command("export-knowledge")
+@_friendly
+def export_knowledge(ds: DateOpt) -> None:
+    """Export day D's knowledge snapshot (user, item, user x category), then gate it."""
+    from keep import pipeline
+
+    settings = load_settings()
+    result = pipeline.export_knowledge(settings, ds.date())
+    out.print(_rows_table(f"knowledge {result.lineage} / {ds.date()}", result.rows))
+    out.print(f"manifest: {result.manifest_path}")
+    out.print(pipeline.validate_knowledge(settings, ds.date()).summary())
+
+
+@app.command()
+@_friendly
+def publish(ds: DateOpt) -> None:
+    """Publish day D's gated knowledge snapshot to Feast's online store (atomic switch)."""
+    from keep import pipeline
+
+    info = pipeline.publish_knowledge(load_settings(), ds.date())
+    out.print_json(data=pipeline.to_json(info))
+
+
+@app.command()
+@_friendly
+def rollback() -> None:
+    """Make the previously live knowledge snapshot live again (one pointer switch)."""
+    from keep.feast_store import rollback as roll_back
+
+    settings = load_settings()
+    out.print_json(data=roll_back(settings))
+
+
 @app.command("import-taobao")
 @_friendly
 def import_taobao(
@@ -330,15 +393,25 @@ def _summary_table(results: list[Any]) -> Table:
         "duplicates",
         "quarantine %",
         "samples",
+        "click AUC",
+        "lineage",
         "gates",
     )
     for name in names:
-        table.add_column(name, justify="left" if name in ("day", "gates") else "right")
+        left = name in ("day", "gates", "lineage")
+        table.add_column(name, justify="left" if left else "right")
     for r in results:
         imp = r.counts.get("impressions")
         cells = _count_cells(imp) if imp else ["-"] * 5
         gate = "[green]passed[/]" if r.ok else "[red]FAILED[/]"
-        table.add_row(str(r.ds), *cells, f"{r.samples:,}" if r.samples is not None else "-", gate)
+        table.add_row(
+            str(r.ds),
+            *cells,
+            f"{r.samples:,}" if r.samples is not None else "-",
+            f"{r.click_auc:.4f}" if r.click_auc is not None else "-",
+            r.lineage or "-",
+            gate,
+        )
     return table
 
 
