@@ -198,18 +198,35 @@ class PretrainSettings(BaseModel):
 class KnowledgeSettings(BaseModel):
     """Knowledge export and its gate (docs/knowledge.md)."""
 
-    # Keys active within this many days (ending with the snapshot day) are recomputed;
-    # other known keys are carried forward from the previous snapshot.
+    # Keys with an impression within this many days (ending with the snapshot day) are
+    # recomputed; other known keys are carried forward from the previous snapshot.
     active_window_days: int = 7
+    # Rows per batch everywhere in the export and the gate: the memory bound.
     export_batch_rows: int = 50_000
+    # Rows per forward pass of the model in the export (activations grow with rows x sequence).
+    inference_batch_rows: int = 4_096
+    # One JSON manifest per snapshot: <manifest_root>/<lineage>/<ds>.json.
     manifest_root: Path = Path("var/knowledge")
-    # Gate thresholds.
+    # Scratch space of the export (the day's state split into key buckets; removed after).
+    spill_root: Path = Path("var/tmp/knowledge")
+    # Gate thresholds (why each: docs/knowledge.md).
     min_coverage: float = 0.95
+    # Median per-key |v_d| / |v_prev| of recomputed keys, within a lineage.
     norm_ratio_bounds: tuple[float, float] = (0.5, 2.0)
+    # Per-key cosine distance to the previous snapshot's vector, within a lineage.
     max_drift_median: float = 0.35
     max_drift_p99: float = 1.2
+    # Not collapsed: std of pairwise cosines of a sample of mean-centred vectors, and the
+    # share of the vectors' energy that varies between keys (E|v - mean|^2 / E|v|^2).
     min_pairwise_cosine_spread: float = 0.05
+    min_variance_fraction: float = 0.001
+    # Across lineages: mean k-nearest-neighbour overlap on shared keys.
     min_neighbour_overlap: float = 0.05
+    neighbour_k: int = 10
+    # Keys sampled (by key hash, the same keys in every snapshot) for drift and norms ...
+    gate_sample_rows: int = 20_000
+    # ... and, of those, for the pairwise checks (collapse, neighbours).
+    pairwise_sample_rows: int = 1_000
 
 
 class FeastSettings(BaseModel):

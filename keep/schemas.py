@@ -341,3 +341,34 @@ def _to_arrow(dtype: DataType) -> pa.DataType:
 
 
 ALL_TABLES: tuple[TableSpec, ...] = (IMPRESSIONS, QUARANTINE, INGEST_AUDIT, DIM_USERS, DIM_ITEMS)
+
+
+# --------------------------------------------------------------------------- training sets
+
+TRAINING_SET = "gold.downstream_training_set"
+
+
+def training_set_spec(windows: list[int]) -> TableSpec:
+    """gold.downstream_training_set: downstream samples with Feast's point-in-time features.
+
+    The samples' columns, with the counters (u_*, i_*, uc_*) as served by Feast, plus one
+    knowledge vector per entity of ONE lineage, explicit cold-start flags (a missing vector
+    is all zeros, missing counters are 0 with the prior click rate), and the lineage.
+    Written by keep.training_sets (delta-rs); see docs/training_sets.md.
+    """
+    base = samples_spec("gold.downstream_samples", windows)
+    fields = [f for f in base.schema.fields if f.name != "ds"]
+    fields += [_f(f"{e}_vector", ArrayType(FloatType(), False), False) for e in KNOWLEDGE_ENTITIES]
+    fields += [_f(f"{e}_knowledge_missing", BooleanType(), False) for e in KNOWLEDGE_ENTITIES]
+    fields += [_f(f"{e}_stats_missing", BooleanType(), False) for e in ENTITIES]
+    fields += [_f("knowledge_lineage", StringType(), False), _f("ds", StringType(), False)]
+    return TableSpec(
+        name=TRAINING_SET,
+        description=(
+            "One row per downstream sample of ds with knowledge of one lineage and counters "
+            "as of the end of ds-1, read through Feast's feature service."
+        ),
+        key=("impression_id", "knowledge_lineage"),
+        partition_by=("knowledge_lineage", "ds"),
+        schema=StructType(fields),
+    )
