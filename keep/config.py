@@ -182,8 +182,10 @@ class PretrainSettings(BaseModel):
     weight_decay: float = 0.0
     epochs: int = 1
     seed: int = 0
-    # torch intra-op threads per process (2 cores: 1 per rank under torchrun, 2 alone).
-    threads: int = 2
+    # torch intra-op threads per process (divided by the ranks under torchrun). 1 by default:
+    # on the shared 2-core machine a second OpenMP thread spin-waits against the reader
+    # worker and other processes, measured 5-10x slower per step (docs/pretrain.md).
+    threads: int = 1
     # Reader worker processes decoding Delta batches while the model trains (0 = inline).
     reader_workers: int = 1
     # Samples shuffled together (memory bound of the reader, in rows).
@@ -238,7 +240,9 @@ class FeastSettings(BaseModel):
     project: str = "keep"
     online_store: str = "sqlite"  # or "redis"
     redis_connection: str = "127.0.0.1:6379"
-    publish_chunk_rows: int = 10_000
+    # Rows per online-store write batch (one SQLite transaction / Redis pipeline) during
+    # publication; memory is about 2 KB x this, whatever the snapshot's size.
+    publish_chunk_rows: int = 50_000
 
 
 class PipelineSettings(BaseModel):
