@@ -57,7 +57,15 @@ def _setup_logging(verbose: bool) -> None:
         handlers=[RichHandler(console=console, show_path=False)],
         force=True,
     )
-    for noisy in ("py4j", "great_expectations", "urllib3", "filelock"):
+    for noisy in (
+        "py4j",
+        "py4j.clientserver",
+        "py4j.java_gateway",
+        "great_expectations",
+        "urllib3",
+        "filelock",
+        "feast",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -9,6 +9,9 @@ import pytest
 from pyspark.sql import SparkSession
 
 from keep.config import Settings, load_settings
+from keep.redis_server import RedisServer
+from keep.redis_server import start as start_redis
+from keep.redis_server import stop as stop_redis
 from keep.spark import get_spark
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,3 +43,27 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
+
+
+# --------------------------------------------------------------------------- Feast stores
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server (127.0.0.1, free port, own dir) for the whole session."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    stop_redis(server)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def feast_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings for a Feast store of each kind; small publish chunks (several per table)."""
+    feast: dict[str, object] = {"online_store": request.param, "publish_chunk_rows": 16}
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        import redis
+
+        redis.Redis(host=server.host, port=server.port).flushall()
+        feast["redis_connection"] = server.connection_string
+    return make_settings(tmp_path, feast=feast, pretrain={"knowledge_dim": 8})

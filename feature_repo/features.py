@@ -1,0 +1,242 @@
+"""Feature views: knowledge (offline + blue/green online slots) and counters.
+
+Three kinds of views, per entity (user, item, user x category):
+
+* ``<entity>_knowledge_fv`` -- the knowledge of every lineage and snapshot, for training
+  sets (``get_historical_features``). Offline only (``online=False``): knowledge reaches
+  the online store through the validated, atomic publication
+  (keep.feast_store.publish_knowledge), never through ``feast materialize``.
+* ``<entity>_knowledge_blue_fv`` / ``<entity>_knowledge_green_fv`` -- the two online slots.
+  One holds the live snapshot, the other the previous one (or the one being published);
+  a pointer in the online store says which is live (docs/feast.md). They are declared
+  ``online=False`` so that ``feast materialize[-incremental]`` skips them and refuses them
+  by name ("... is not configured to be served online"): a plain materialization would
+  write the latest rows of every lineage and snapshot, ungated, into a live slot behind
+  the pointer's back. Feast still serves them online (``get_online_features`` and
+  ``feast serve`` read any enabled view); publication creates their online tables.
+* ``<entity>_stats_fv`` -- the multi-window counters, materialized the plain Feast way
+  (one full snapshot per day, so the latest row per key is the state of the last day).
+
+TTLs (how far back a point-in-time join may reach from a sample's time):
+
+* knowledge: 3 days. A snapshot covers every key every day, so a join never needs more
+  than one day; 3 tolerates two missed daily refreshes (vectors of one lineage drift
+  slowly) and returns nulls -- a visible failure -- past that.
+* counters: 1 day. Counters are full daily snapshots whose windows are day-exact; a sample
+  of day d must see exactly the end of d-1, and a missing day must show as nulls rather
+  than as counters silently shifted by a day.
+"""
+
+from data_sources import (
+    item_knowledge_source,
+    item_stats_source,
+    user_category_knowledge_source,
+    user_category_stats_source,
+    user_knowledge_source,
+    user_stats_source,
+)
+from entities import category, item, user
+from feast import FeatureView, Field
+from feast.types import Array, Bool, Float32, Float64, Int64, String
+
+from keep.feast_store import (
+    KNOWLEDGE_TTL,
+    SLOTS,
+    STATS_TTL,
+    knowledge_columns,
+    repo_params,
+    slot_view_name,
+    stats_columns,
+)
+
+_params = repo_params()
+OWNER = "knowledge-platform@keep"
+
+_ENTITY_WORDS = {"user": "user", "item": "item", "user_category": "(user, category)"}
+
+
+_KEY_FIELDS = {
+    "user_id": Field(name="user_id", dtype=Int64, description="Join key of the user entity."),
+    "item_id": Field(name="item_id", dtype=Int64, description="Join key of the item entity."),
+    "category_id": Field(
+        name="category_id", dtype=Int64, description="Join key of the category entity."
+    ),
+}
+_KEYS = {"user": ["user_id"], "item": ["item_id"], "user_category": ["user_id", "category_id"]}
+
+
+def _key_fields(entity: str) -> list[Field]:
+    """The entity columns, declared so that they too carry a dtype and a description."""
+    return [_KEY_FIELDS[k] for k in _KEYS[entity]]
+
+
+def _knowledge_fields(entity: str) -> list[Field]:
+    names = knowledge_columns(entity)
+    who = _ENTITY_WORDS[entity]
+    return _key_fields(entity) + [
+        Field(
+            name=names["vector"],
+            dtype=Array(Float32),
+            description=f"Knowledge vector of the {who} ({_params.knowledge_dim} floats).",
+        ),
+        Field(
+            name=names["recomputed"],
+            dtype=Bool,
+            description="True if recomputed from this day's state, False if carried forward.",
+        ),
+        Field(
+            name=names["knowledge_lineage"],
+            dtype=String,
+            description="Lineage of the vector (changes when the vectors' meaning changes).",
+        ),
+        Field(
+            name=names["snapshot_ds"],
+            dtype=String,
+            description="Day of the checkpoint that produced the vector (YYYY-MM-DD).",
+        ),
+    ]
+
+
+def _slot_fields(entity: str) -> list[Field]:
+    # Online slots carry the vector only: lineage and snapshot are per slot, in the pointer.
+    vector = knowledge_columns(entity)["vector"]
+    return _key_fields(entity) + [f for f in _knowledge_fields(entity) if f.name == vector]
+
+
+def _stats_fields(entity: str) -> list[Field]:
+    who = _ENTITY_WORDS[entity]
+    fields = _key_fields(entity)
+    for column, name in stats_columns(entity, _params.windows).items():
+        counter, window = column.rsplit("_", 1)
+        if counter == "ctr":
+            fields.append(
+                Field(
+                    name=name,
+                    dtype=Float64,
+                    description=f"Smoothed click rate of the {who} over the last {window}.",
+                )
+            )
+        else:
+            fields.append(
+                Field(
+                    name=name,
+                    dtype=Int64,
+                    description=f"Number of {counter} of the {who} over the last {window}.",
+                )
+            )
+    return fields
+
+
+# --------------------------------------------------------------------------- knowledge
+
+user_knowledge_fv = FeatureView(
+    name="user_knowledge_fv",
+    entities=[user],
+    ttl=KNOWLEDGE_TTL,
+    schema=_knowledge_fields("user"),
+    source=user_knowledge_source,
+    online=False,
+    description="User knowledge of every lineage and snapshot (training sets).",
+    owner=OWNER,
+    tags={"layer": "knowledge", "entity": "user", "publication": "offline"},
+)
+
+item_knowledge_fv = FeatureView(
+    name="item_knowledge_fv",
+    entities=[item],
+    ttl=KNOWLEDGE_TTL,
+    schema=_knowledge_fields("item"),
+    source=item_knowledge_source,
+    online=False,
+    description="Item knowledge of every lineage and snapshot (training sets).",
+    owner=OWNER,
+    tags={"layer": "knowledge", "entity": "item", "publication": "offline"},
+)
+
+user_category_knowledge_fv = FeatureView(
+    name="user_category_knowledge_fv",
+    entities=[user, category],
+    ttl=KNOWLEDGE_TTL,
+    schema=_knowledge_fields("user_category"),
+    source=user_category_knowledge_source,
+    online=False,
+    description="User x category knowledge of every lineage and snapshot (training sets).",
+    owner=OWNER,
+    tags={"layer": "knowledge", "entity": "user_category", "publication": "offline"},
+)
+
+# --------------------------------------------------------------------------- online slots
+
+_SOURCES = {
+    "user": (user_knowledge_source, [user]),
+    "item": (item_knowledge_source, [item]),
+    "user_category": (user_category_knowledge_source, [user, category]),
+}
+
+
+def _slot_view(entity: str, slot: str) -> FeatureView:
+    source, entities = _SOURCES[entity]
+    return FeatureView(
+        name=slot_view_name(entity, slot),
+        entities=entities,
+        ttl=KNOWLEDGE_TTL,
+        schema=_slot_fields(entity),
+        source=source,
+        # online=False keeps `feast materialize[-incremental]` away from the slots: it skips
+        # them, and refuses them by name ("not configured to be served online"). They are
+        # still read online (get_online_features / feast serve read any enabled view); only
+        # keep.feast_store.publish_knowledge writes them.
+        online=False,
+        description=(
+            f"Online slot '{slot}' of the {_ENTITY_WORDS[entity]} knowledge; live when the "
+            "publication pointer names it. Written only by keep.feast_store.publish_knowledge."
+        ),
+        owner=OWNER,
+        tags={"layer": "knowledge", "entity": entity, "slot": slot, "publication": "slot"},
+    )
+
+
+user_knowledge_blue_fv = _slot_view("user", SLOTS[0])
+user_knowledge_green_fv = _slot_view("user", SLOTS[1])
+item_knowledge_blue_fv = _slot_view("item", SLOTS[0])
+item_knowledge_green_fv = _slot_view("item", SLOTS[1])
+user_category_knowledge_blue_fv = _slot_view("user_category", SLOTS[0])
+user_category_knowledge_green_fv = _slot_view("user_category", SLOTS[1])
+
+# --------------------------------------------------------------------------- counters
+
+user_stats_fv = FeatureView(
+    name="user_stats_fv",
+    entities=[user],
+    ttl=STATS_TTL,
+    schema=_stats_fields("user"),
+    source=user_stats_source,
+    online=True,
+    description="Multi-window impression/click/cart/purchase counters and CTR per user.",
+    owner=OWNER,
+    tags={"layer": "silver", "entity": "user", "publication": "materialize"},
+)
+
+item_stats_fv = FeatureView(
+    name="item_stats_fv",
+    entities=[item],
+    ttl=STATS_TTL,
+    schema=_stats_fields("item"),
+    source=item_stats_source,
+    online=True,
+    description="Multi-window impression/click/cart/purchase counters and CTR per item.",
+    owner=OWNER,
+    tags={"layer": "silver", "entity": "item", "publication": "materialize"},
+)
+
+user_category_stats_fv = FeatureView(
+    name="user_category_stats_fv",
+    entities=[user, category],
+    ttl=STATS_TTL,
+    schema=_stats_fields("user_category"),
+    source=user_category_stats_source,
+    online=True,
+    description="Multi-window counters and CTR per (user, category).",
+    owner=OWNER,
+    tags={"layer": "silver", "entity": "user_category", "publication": "materialize"},
+)
