@@ -218,6 +218,10 @@ class KnowledgeSettings(BaseModel):
     # Per-key cosine distance to the previous snapshot's vector, within a lineage.
     max_drift_median: float = 0.35
     max_drift_p99: float = 1.2
+    # The first N warm-started snapshots of a lineage (N previous snapshots or fewer) have
+    # their drift and norm ratio reported but not gated: a model trained from scratch on
+    # one day still moves a lot on the next (docs/knowledge.md).
+    drift_warmup_snapshots: int = 1
     # Not collapsed: std of pairwise cosines of a sample of mean-centred vectors, and the
     # share of the vectors' energy that varies between keys (E|v - mean|^2 / E|v|^2).
     min_pairwise_cosine_spread: float = 0.05

@@ -53,7 +53,9 @@ def home(tmp_path: Path, ge_root: Path) -> Settings:
         tmp_path,
         pretrain={"knowledge_dim": DIM},
         validation={"ge_root": ge_root},
-        knowledge={"export_batch_rows": 128},  # several batches per snapshot
+        # Several batches per snapshot; drift gated from a lineage's second snapshot on
+        # (the warm-up has its own test).
+        knowledge={"export_batch_rows": 128, "drift_warmup_snapshots": 0},
     )
     for ds in (D1, D2):
         write_impressions(settings, ds)
@@ -279,6 +281,29 @@ def test_abrupt_drift_within_lineage_is_rejected(home: Settings) -> None:
     reasons = reasons_of(home, D2, L1)
     assert DRIFT_MEDIAN in reasons
     assert reasons <= {DRIFT_MEDIAN, DRIFT_P99}
+
+
+def test_young_lineage_drift_is_reported_then_gated(home: Settings) -> None:
+    """With a warm-up of one snapshot, a lineage's second snapshot may still move a lot
+    (reported, not gated); its third may not."""
+    young = home.model_copy(
+        update={"knowledge": home.knowledge.model_copy(update={"drift_warmup_snapshots": 1})}
+    )
+    q, _ = np.linalg.qr(np.random.default_rng(11).normal(0, 1, (DIM, DIM)))
+    active = active_mask("user")
+    write_healthy(young, skip="user")
+    v2 = np.where(active[:, None], base_vectors("user") @ q, base_vectors("user"))
+    write_snapshot(young, "user", L1, D2, v2, active)
+    assert reasons_of(young, D2, L1) == set()
+    drift = check(young, D2, L1, "knowledge.user", DRIFT_MEDIAN)
+    assert "[warm-up: snapshot 2 of the lineage, gated from snapshot 3 on]" in drift.observed
+
+    d3 = D2 + dt.timedelta(days=1)
+    write_impressions(young, d3)
+    for entity in ("item", "user_category"):
+        write_snapshot(young, entity, L1, d3, day2_vectors(entity), active_mask(entity))
+    write_snapshot(young, "user", L1, d3, np.where(active[:, None], v2 @ q, v2), active)
+    assert DRIFT_MEDIAN in reasons_of(young, d3, L1)
 
 
 def _new_lineage(home: Settings, lineage: str, transform: np.ndarray | None) -> None:
