@@ -37,11 +37,15 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def run_measured(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 3600) -> Measured:
+def run_measured(
+    cmd: list[str], env: dict[str, str] | None = None, timeout: float = 3600
+) -> Measured:
     """Run ``cmd``; return wall time and the peak RSS of its process tree."""
     full_env = {**os.environ, **(env or {})}
     began = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
+    )
     peak = 0
     stop = threading.Event()
 

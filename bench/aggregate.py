@@ -67,8 +67,13 @@ from _common import PYTHON, REPO, Measured, tree_rss, write_report
 
 EPOCH = dt.date(2026, 1, 1)  # the generator's default epoch
 HEADLINE = (
-    "incremental_s_5d", "incremental_s_60d", "ratio_60d_over_5d", "full_recompute_s_60d",
-    "spark_s", "duckdb_s", "spark_over_duckdb",
+    "incremental_s_5d",
+    "incremental_s_60d",
+    "ratio_60d_over_5d",
+    "full_recompute_s_60d",
+    "spark_s",
+    "duckdb_s",
+    "spark_over_duckdb",
 )
 
 
@@ -124,10 +129,15 @@ def events_with_category(spark: Any, settings: Any, last: dt.date) -> Any:
     items = lake.read_table(spark, settings, DIM_ITEMS).where(F.col("ds") <= last.isoformat())
     nxt = F.lead("ds").over(Window.partitionBy("item_id").orderBy("ds"))
     versions = items.select(
-        "item_id", "category_id", "brand_id",
-        F.col("ds").alias("valid_from"), nxt.alias("valid_to"),
+        "item_id",
+        "category_id",
+        "brand_id",
+        F.col("ds").alias("valid_from"),
+        nxt.alias("valid_to"),
     )
-    impressions = lake.read_table(spark, settings, IMPRESSIONS).where(F.col("ds") <= last.isoformat())
+    impressions = lake.read_table(spark, settings, IMPRESSIONS).where(
+        F.col("ds") <= last.isoformat()
+    )
     i, v = impressions.alias("i"), versions.alias("v")
     cond = (
         (F.col("i.item_id") == F.col("v.item_id"))
@@ -150,16 +160,25 @@ def full_recompute(spark: Any, settings: Any, ds: dt.date, out_root: Path) -> di
     written: dict[str, Any] = {}
     try:
         for entity, keys in ENTITIES.items():
-            rows = events.where(F.col("category_id").isNotNull()) if "category_id" in keys else events
+            rows = (
+                events.where(F.col("category_id").isNotNull()) if "category_id" in keys else events
+            )
             # What daily_counts computes, per day (``ds`` kept as a key).
             history = rows.groupBy(*keys, "ds").agg(
                 F.count(F.lit(1)).cast("long").alias(COUNTERS[0]),
-                *[F.sum(c).cast("long").alias(n) for c, n in zip(("click", "cart", "purchase"), COUNTERS[1:], strict=True)],
+                *[
+                    F.sum(c).cast("long").alias(n)
+                    for c, n in zip(("click", "cart", "purchase"), COUNTERS[1:], strict=True)
+                ],
             )
             spec = stats_spec(entity, agg.windows)
             stats = full_stats(
-                history, entity, windows=agg.windows, prior_ctr=agg.prior_ctr,
-                prior_strength=agg.prior_strength, ds=ds,
+                history,
+                entity,
+                windows=agg.windows,
+                prior_ctr=agg.prior_ctr,
+                prior_strength=agg.prior_strength,
+                ds=ds,
             )
             spec.conform(stats).write.format("delta").mode("overwrite").partitionBy("ds").save(
                 str(out_root / spec.name)
@@ -176,7 +195,9 @@ def full_recompute(spark: Any, settings: Any, ds: dt.date, out_root: Path) -> di
     return {"seconds": seconds, "tables": written}
 
 
-def full_equals_incremental(spark: Any, settings: Any, ds: dt.date, out_root: Path, tables: dict[str, Any]) -> bool:
+def full_equals_incremental(
+    spark: Any, settings: Any, ds: dt.date, out_root: Path, tables: dict[str, Any]
+) -> bool:
     """Do the recomputed tables hold exactly the incremental state of ``ds``?"""
     from keep import lake
 
@@ -224,9 +245,15 @@ def spark_vs_duckdb(spark: Any, files: list[str], repeats: int) -> dict[str, Any
     from pyspark.sql import functions as F
 
     def spark_counters() -> Any:
-        return spark.read.parquet(*files).groupBy("user_id").agg(
-            F.count(F.lit(1)).alias("impressions"), F.sum("click").alias("clicks"),
-            F.sum("cart").alias("carts"), F.sum("purchase").alias("purchases"),
+        return (
+            spark.read.parquet(*files)
+            .groupBy("user_id")
+            .agg(
+                F.count(F.lit(1)).alias("impressions"),
+                F.sum("click").alias("clicks"),
+                F.sum("cart").alias("carts"),
+                F.sum("purchase").alias("purchases"),
+            )
         )
 
     cores = spark_cores(spark)
@@ -296,7 +323,10 @@ def measure(days: int, short_days: int, repeats: int, out: Path, overlap: bool) 
                 again = [_timed(run_aggregate, spark, settings, ds)[0] for _ in range(repeats - 1)]
                 runs[timed_days[i]] = [seconds, *again]
             note = " (with the next day's ingest)" if pending else ""
-            print(f"day {i:>3} {ds}: ingest {ingest_s[-1]:6.1f} s, aggregate {seconds:6.1f} s{note}", flush=True)
+            print(
+                f"day {i:>3} {ds}: ingest {ingest_s[-1]:6.1f} s, aggregate {seconds:6.1f} s{note}",
+                flush=True,
+            )
     history_s = time.perf_counter() - began
     last = _day(days + 1)
     scratch = settings.home / "bench-full"
@@ -356,8 +386,12 @@ def run_streaming(cmd: list[str], env: dict[str, str]) -> Measured:
     child's output is echoed as it comes: the history build takes a long time."""
     began = time.perf_counter()
     proc = subprocess.Popen(
-        cmd, env={**os.environ, **env}, cwd=REPO, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cmd,
+        env={**os.environ, **env},
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     peak = 0
     stop = threading.Event()
@@ -378,28 +412,49 @@ def run_streaming(cmd: list[str], env: dict[str, str]) -> Measured:
     assert proc.stdout is not None
     for line in proc.stdout:
         tail = [*tail[-200:], line]
-        if not line.startswith((" ", "\t", "WARNING", "Using Spark", "Setting default", "To adjust")):
+        if not line.startswith(
+            (" ", "\t", "WARNING", "Using Spark", "Setting default", "To adjust")
+        ):
             print(f"  | {line}", end="", flush=True)
     proc.wait()
     stop.set()
     sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{''.join(tail[-60:])}")
-    return Measured(wall_s=time.perf_counter() - began, peak_rss_mb=peak / 2**20, output="".join(tail))
+    return Measured(
+        wall_s=time.perf_counter() - began, peak_rss_mb=peak / 2**20, output="".join(tail)
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--days", type=int, default=60, help="long history, in days (default 60)")
-    parser.add_argument("--short-days", type=int, default=5, help="short history, in days (default 5)")
+    parser.add_argument(
+        "--short-days", type=int, default=5, help="short history, in days (default 5)"
+    )
     parser.add_argument("--impressions", type=int, default=200_000, help="impressions a day")
-    parser.add_argument("--users", type=int, default=25_000, help="users on day 1 (~240 impressions a user a month at the defaults)")
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=25_000,
+        help="users on day 1 (~240 impressions a user a month at the defaults)",
+    )
     parser.add_argument("--items", type=int, default=10_000, help="items on day 1")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per measurement (median)"
+    )
     parser.add_argument("--driver-memory", default="4g")
     parser.add_argument("--master", default="local[2]")
-    parser.add_argument("--gen-jobs", type=int, default=os.cpu_count() or 1, help="generator processes")
-    parser.add_argument("--overlap", action="store_true", help="ingest the next day during unmeasured aggregations (faster history build; ~10%% here)")
+    parser.add_argument(
+        "--gen-jobs", type=int, default=os.cpu_count() or 1, help="generator processes"
+    )
+    parser.add_argument(
+        "--overlap",
+        action="store_true",
+        help="ingest the next day during unmeasured aggregations (faster history build; ~10%% here)",
+    )
     parser.add_argument("--keep-home", action="store_true", help="keep the temporary KEEP_HOME")
     parser.add_argument("--phase", choices=["generate", "measure"], help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -425,13 +480,22 @@ def main() -> None:
         "KEEP_SPARK__MASTER": args.master,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
-    common = ["--days", str(args.days), "--short-days", str(args.short_days), "--repeats", str(args.repeats)]
+    common = [
+        "--days",
+        str(args.days),
+        "--short-days",
+        str(args.short_days),
+        "--repeats",
+        str(args.repeats),
+    ]
     common += ["--overlap"] if args.overlap else []
     script = str(Path(__file__).resolve())
     out = home / "figures.json"
     print(f"KEEP_HOME={home}: {args.days + 2} days of {args.impressions:,} impressions", flush=True)
     try:
-        gen = run_streaming([PYTHON, script, "--phase", "generate", "--gen-jobs", str(args.gen_jobs), *common], env)
+        gen = run_streaming(
+            [PYTHON, script, "--phase", "generate", "--gen-jobs", str(args.gen_jobs), *common], env
+        )
         print(f"generated in {gen.wall_s:.1f} s", flush=True)
         run = run_streaming([PYTHON, script, "--phase", "measure", "--out", str(out), *common], env)
         figures: dict[str, Any] = json.loads(out.read_text())

@@ -24,15 +24,22 @@ DAY = "2026-01-01"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000])
     parser.add_argument("--users", type=int, default=200_000)
     parser.add_argument("--items", type=int, default=50_000)
     parser.add_argument("--driver-memory", default="2g")
     args = parser.parse_args()
     figures: dict[str, list[float]] = {
-        "sizes": [], "generator_rows_per_s": [], "ingest_rows_per_s": [],
-        "peak_rss_mb": [], "generator_peak_rss_mb": [], "generator_s": [], "ingest_s": [],
+        "sizes": [],
+        "generator_rows_per_s": [],
+        "ingest_rows_per_s": [],
+        "peak_rss_mb": [],
+        "generator_peak_rss_mb": [],
+        "generator_s": [],
+        "ingest_s": [],
     }
     for size in args.sizes:
         home = Path(tempfile.mkdtemp(prefix="keep-bench-ingest-"))
@@ -55,8 +62,11 @@ def main() -> None:
         figures["ingest_rows_per_s"].append(round(size / ing.wall_s))
         figures["peak_rss_mb"].append(round(ing.peak_rss_mb))
         figures["generator_peak_rss_mb"].append(round(gen.peak_rss_mb))
-        print(f"{size:>12,} rows: generate {gen.wall_s:.1f} s ({gen.peak_rss_mb:.0f} MB), "
-              f"ingest {ing.wall_s:.1f} s ({ing.peak_rss_mb:.0f} MB incl. JVM)", flush=True)
+        print(
+            f"{size:>12,} rows: generate {gen.wall_s:.1f} s ({gen.peak_rss_mb:.0f} MB), "
+            f"ingest {ing.wall_s:.1f} s ({ing.peak_rss_mb:.0f} MB incl. JVM)",
+            flush=True,
+        )
     write_report("ingest", figures)
 
 

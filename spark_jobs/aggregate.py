@@ -61,7 +61,11 @@ def with_category(impressions: DataFrame, items_as_of: DataFrame) -> DataFrame:
 def daily_counts(impressions: DataFrame, entity: str) -> DataFrame:
     """One day's counters per key of ``entity`` (impressions must carry ``category_id``)."""
     keys = ENTITIES[entity]
-    rows = impressions.where(F.col("category_id").isNotNull()) if "category_id" in keys else impressions
+    rows = (
+        impressions.where(F.col("category_id").isNotNull())
+        if "category_id" in keys
+        else impressions
+    )
     return rows.groupBy(*keys).agg(
         F.count(F.lit(1)).cast("long").alias("impressions"),
         F.sum("click").cast("long").alias("clicks"),
@@ -70,7 +74,9 @@ def daily_counts(impressions: DataFrame, entity: str) -> DataFrame:
     )
 
 
-def _long(frame: DataFrame, keys: tuple[str, ...], window: int, sign: int, suffix: str) -> DataFrame:
+def _long(
+    frame: DataFrame, keys: tuple[str, ...], window: int, sign: int, suffix: str
+) -> DataFrame:
     """Counters of ``frame`` as (keys, window, counters) rows, times ``sign``."""
     return frame.select(
         *keys,
@@ -80,13 +86,20 @@ def _long(frame: DataFrame, keys: tuple[str, ...], window: int, sign: int, suffi
 
 
 def finish_stats(
-    long_rows: DataFrame, keys: tuple[str, ...], windows: list[int], *, prior_ctr: float,
-    prior_strength: float, ds: dt.date,
+    long_rows: DataFrame,
+    keys: tuple[str, ...],
+    windows: list[int],
+    *,
+    prior_ctr: float,
+    prior_strength: float,
+    ds: dt.date,
 ) -> DataFrame:
     """Sum (keys, window, counters) rows into one wide row per key; add smoothed rates."""
     summed = long_rows.groupBy(*keys, "window").agg(*[F.sum(c).alias(c) for c in COUNTERS])
-    wide = summed.groupBy(*keys).pivot("window", list[Any](windows)).agg(
-        *[F.first(c).alias(c) for c in COUNTERS]
+    wide = (
+        summed.groupBy(*keys)
+        .pivot("window", list[Any](windows))
+        .agg(*[F.first(c).alias(c) for c in COUNTERS])
     )
     cols: list[Column] = [F.col(k) for k in keys]
     for w in windows:
@@ -94,7 +107,10 @@ def finish_stats(
             cols.append(F.coalesce(F.col(f"{w}_{c}"), F.lit(0)).cast("long").alias(f"{c}_{w}d"))
     out = wide.select(*cols)
     rates = [
-        ((F.col(f"clicks_{w}d") + prior_strength * prior_ctr) / (F.col(f"impressions_{w}d") + prior_strength)).alias(f"ctr_{w}d")
+        (
+            (F.col(f"clicks_{w}d") + prior_strength * prior_ctr)
+            / (F.col(f"impressions_{w}d") + prior_strength)
+        ).alias(f"ctr_{w}d")
         for w in windows
     ]
     longest = max(windows)
@@ -127,12 +143,19 @@ def update_stats(
     rows = parts[0]
     for part in parts[1:]:
         rows = rows.unionByName(part)
-    return finish_stats(rows, keys, windows, prior_ctr=prior_ctr, prior_strength=prior_strength, ds=ds)
+    return finish_stats(
+        rows, keys, windows, prior_ctr=prior_ctr, prior_strength=prior_strength, ds=ds
+    )
 
 
 def full_stats(
-    daily_history: DataFrame, entity: str, *, windows: list[int], prior_ctr: float,
-    prior_strength: float, ds: dt.date,
+    daily_history: DataFrame,
+    entity: str,
+    *,
+    windows: list[int],
+    prior_ctr: float,
+    prior_strength: float,
+    ds: dt.date,
 ) -> DataFrame:
     """The same counters recomputed from every day's counts (reference for tests/bench)."""
     keys = ENTITIES[entity]
@@ -144,7 +167,9 @@ def full_stats(
     rows = parts[0]
     for part in parts[1:]:
         rows = rows.unionByName(part)
-    return finish_stats(rows, keys, windows, prior_ctr=prior_ctr, prior_strength=prior_strength, ds=ds)
+    return finish_stats(
+        rows, keys, windows, prior_ctr=prior_ctr, prior_strength=prior_strength, ds=ds
+    )
 
 
 # --------------------------------------------------------------------------- sequences
@@ -153,7 +178,9 @@ def full_stats(
 def behaviors_of_day(impressions: DataFrame) -> DataFrame:
     """Per user, the day's behaviours (clicked impressions), as BEHAVIOR structs."""
     kind = (
-        F.when(F.col("purchase") == 1, "purchase").when(F.col("cart") == 1, "cart").otherwise("click")
+        F.when(F.col("purchase") == 1, "purchase")
+        .when(F.col("cart") == 1, "cart")
+        .otherwise("click")
     )
     event = F.struct(
         *[
@@ -161,12 +188,16 @@ def behaviors_of_day(impressions: DataFrame) -> DataFrame:
             for f in BEHAVIOR.fields
         ]
     )
-    return impressions.where(F.col("click") == 1).groupBy("user_id").agg(
-        F.collect_list(event).alias("today")
+    return (
+        impressions.where(F.col("click") == 1)
+        .groupBy("user_id")
+        .agg(F.collect_list(event).alias("today"))
     )
 
 
-def update_sequences(previous: DataFrame, today: DataFrame, *, length: int, ds: dt.date) -> DataFrame:
+def update_sequences(
+    previous: DataFrame, today: DataFrame, *, length: int, ds: dt.date
+) -> DataFrame:
     """Yesterday's sequences plus today's behaviours, time-ordered, last ``length`` kept."""
     joined = previous.select("user_id", "behaviors").join(today, on="user_id", how="full_outer")
     merged = F.array_sort(
@@ -191,7 +222,9 @@ def update_sequences(previous: DataFrame, today: DataFrame, *, length: int, ds: 
 def full_sequences(impressions_history: DataFrame, *, length: int, ds: dt.date) -> DataFrame:
     """The same sequences recomputed from all impressions up to ``ds`` (reference)."""
     today = behaviors_of_day(impressions_history.where(F.col("ds") <= ds.isoformat()))
-    previous = today.select("user_id", F.array().cast(F.ArrayType(BEHAVIOR)).alias("behaviors")).limit(0)
+    previous = today.select(
+        "user_id", F.array().cast(F.ArrayType(BEHAVIOR)).alias("behaviors")
+    ).limit(0)
     return update_sequences(previous, today, length=length, ds=ds)
 
 
@@ -217,7 +250,9 @@ def check_order(settings: Settings, ds: dt.date) -> None:
     """Refuse a day whose bronze is missing or whose predecessor's state is missing."""
     bronze_days = partitions(settings, IMPRESSIONS)
     if ds not in bronze_days:
-        raise InputError(f"bronze.impressions has no partition {ds}: run `keep ingest --ds {ds}` first.")
+        raise InputError(
+            f"bronze.impressions has no partition {ds}: run `keep ingest --ds {ds}` first."
+        )
     earlier = [d for d in bronze_days if d < ds]
     if not earlier:
         return  # the first day of the lake starts from empty state
@@ -235,7 +270,9 @@ def run_aggregate(spark: SparkSession, settings: Settings, ds: dt.date) -> dict[
     agg = settings.aggregate
     previous_day = ds - dt.timedelta(days=1)
     items = lake.as_of(lake.read_table(spark, settings, DIM_ITEMS), "item_id", ds)
-    impressions = with_category(lake.read_partition(spark, settings, IMPRESSIONS, ds), items).cache()
+    impressions = with_category(
+        lake.read_partition(spark, settings, IMPRESSIONS, ds), items
+    ).cache()
     counts: dict[str, int] = {}
     try:
         for entity in ENTITIES:
@@ -279,10 +316,14 @@ def apply_retention(spark: SparkSession, settings: Settings, ds: dt.date) -> Non
 
     agg = settings.aggregate
     snapshot_cut = (ds - dt.timedelta(days=agg.snapshot_retention_days)).isoformat()
-    daily_cut = (ds - dt.timedelta(days=max(max(agg.windows), agg.snapshot_retention_days) + 1)).isoformat()
+    daily_cut = (
+        ds - dt.timedelta(days=max(max(agg.windows), agg.snapshot_retention_days) + 1)
+    ).isoformat()
     targets = [(USER_BEHAVIOR, snapshot_cut)]
     targets += [(stats_spec(e, agg.windows), snapshot_cut) for e in ENTITIES]
     targets += [(daily_counts_spec(e), daily_cut) for e in ENTITIES]
     for spec, cut in targets:
         if any(d.isoformat() < cut for d in partitions(settings, spec)):
-            DeltaTable.forPath(spark, str(lake.table_path(settings, spec))).delete(F.col("ds") < cut)
+            DeltaTable.forPath(spark, str(lake.table_path(settings, spec))).delete(
+                F.col("ds") < cut
+            )

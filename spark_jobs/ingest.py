@@ -120,9 +120,7 @@ def _finish(
     earlier_keys: DataFrame | None,
 ) -> DataFrame:
     """Type the columns, rank copies per key, and assign each row its status."""
-    df = checked.select(
-        "*", *[col.alias(f"t_{name}") for name, col in typed.items()]
-    )
+    df = checked.select("*", *[col.alias(f"t_{name}") for name, col in typed.items()])
     valid = F.col("reason").isNull()
     # Only valid rows compete for a key; ranks of invalid rows are irrelevant.
     rank_window = Window.partitionBy(valid, F.col(f"t_{key}")).orderBy(*order)
@@ -217,7 +215,11 @@ def item_checks() -> list[Check]:
         + [
             ("negative_price", _typed("price", "DOUBLE") < 0),
             # Spark parses "NaN" and "Infinity" as doubles: a price must be a finite number.
-            ("non_finite_price", F.isnan(_typed("price", "DOUBLE")) | F.abs(_typed("price", "DOUBLE")).eqNullSafe(float("inf"))),
+            (
+                "non_finite_price",
+                F.isnan(_typed("price", "DOUBLE"))
+                | F.abs(_typed("price", "DOUBLE")).eqNullSafe(float("inf")),
+            ),
         ]
     )
 
@@ -258,7 +260,9 @@ def audit(classified: DataFrame, source: str, ds: dt.date) -> DataFrame:
     """One row of counts for ``source`` on ``ds`` (rows_in = stored + quarantined + dups)."""
 
     def count(status: str) -> Column:
-        return F.coalesce(F.sum(F.when(F.col("status") == status, 1).otherwise(0)), F.lit(0)).cast("long")
+        return F.coalesce(F.sum(F.when(F.col("status") == status, 1).otherwise(0)), F.lit(0)).cast(
+            "long"
+        )
 
     return classified.agg(
         F.count(F.lit(1)).cast("long").alias("rows_in"),
@@ -266,7 +270,9 @@ def audit(classified: DataFrame, source: str, ds: dt.date) -> DataFrame:
         count(QUARANTINED).alias("rows_quarantined"),
         count(DUP_WITHIN).alias("duplicates_within_day"),
         count(DUP_EARLIER).alias("duplicates_earlier_days"),
-        F.coalesce(F.sum(F.col("conflict").cast("int")), F.lit(0)).cast("long").alias("conflicting_duplicates"),
+        F.coalesce(F.sum(F.col("conflict").cast("int")), F.lit(0))
+        .cast("long")
+        .alias("conflicting_duplicates"),
     ).select(
         F.lit(source).alias("source"),
         "*",
@@ -312,7 +318,10 @@ def run_ingest(spark: SparkSession, settings: Settings, ds: dt.date) -> dict[str
     """Ingest day ``ds``: replace its partitions in every bronze/dim table; return the counts."""
     rules = settings.ingest
     earlier = lake.read_days(
-        spark, settings, IMPRESSIONS, ds - dt.timedelta(days=rules.dedup_lookback_days),
+        spark,
+        settings,
+        IMPRESSIONS,
+        ds - dt.timedelta(days=rules.dedup_lookback_days),
         ds - dt.timedelta(days=1),
     ).select("impression_id")
     classified = {
@@ -353,6 +362,11 @@ def run_ingest(spark: SparkSession, settings: Settings, ds: dt.date) -> dict[str
     for c in counts.values():
         log.info(
             "ingest %s %s: in=%d stored=%d quarantined=%d duplicates=%d",
-            ds, c.source, c.rows_in, c.rows_stored, c.rows_quarantined, c.duplicates,
+            ds,
+            c.source,
+            c.rows_in,
+            c.rows_stored,
+            c.rows_quarantined,
+            c.duplicates,
         )
     return counts

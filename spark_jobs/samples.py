@@ -103,7 +103,9 @@ def run_samples(spark: SparkSession, settings: Settings, ds: dt.date) -> dict[st
     state_ds = ds - dt.timedelta(days=1)
     bronze_days = partitions(settings, IMPRESSIONS)
     if ds not in bronze_days:
-        raise InputError(f"bronze.impressions has no partition {ds}: run `keep ingest --ds {ds}` first.")
+        raise InputError(
+            f"bronze.impressions has no partition {ds}: run `keep ingest --ds {ds}` first."
+        )
     if any(d < ds for d in bronze_days) and state_ds not in state_days(settings):
         raise InputError(
             f"Cannot build samples of {ds}: the state of {state_ds} is missing. "
@@ -114,7 +116,10 @@ def run_samples(spark: SparkSession, settings: Settings, ds: dt.date) -> dict[st
         lake.as_of(lake.read_table(spark, settings, DIM_USERS), "user_id", state_ds),
         lake.as_of(lake.read_table(spark, settings, DIM_ITEMS), "item_id", state_ds),
         lake.read_partition(spark, settings, USER_BEHAVIOR, state_ds),
-        {e: lake.read_partition(spark, settings, stats_spec(e, agg.windows), state_ds) for e in ENTITIES},
+        {
+            e: lake.read_partition(spark, settings, stats_spec(e, agg.windows), state_ds)
+            for e in ENTITIES
+        },
         windows=agg.windows,
         prior_ctr=agg.prior_ctr,
         negative_sample_rate=agg.negative_sample_rate,
