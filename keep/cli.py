@@ -262,6 +262,67 @@ def rollback() -> None:
     out.print_json(data=roll_back(settings))
 
 
+@app.command("training-set")
+@_friendly
+def training_set(
+    start: DateOpt,
+    end: Annotated[
+        dt.datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="Last day (default: --start)."),
+    ] = None,
+    lineage: Annotated[
+        str | None,
+        typer.Option(help="Knowledge lineage to join (default: the live one in Feast)."),
+    ] = None,
+) -> None:
+    """Downstream training set: the downstream samples joined point-in-time with knowledge
+    and counters through Feast (`downstream_ctr_v1`), every sample kept, one day at a time,
+    into Delta gold.downstream_training_set."""
+    from keep.feast_store import live_snapshot
+    from keep.training_sets import write_training_set
+
+    settings = load_settings()
+    chosen = lineage or (live_snapshot(settings) or {}).get("lineage")
+    if not chosen:
+        raise KeepError("no live knowledge in Feast yet: publish a snapshot or pass --lineage")
+    first, last = start.date(), (end or start).date()
+    rows = write_training_set(settings, first, last, lineage=chosen)
+    out.print(_rows_table(f"training set {first} .. {last}, lineage {chosen}", rows))
+
+
+redis = typer.Typer(help="A private redis-server for Feast's Redis online store (127.0.0.1).")
+app.add_typer(redis, name="redis")
+
+
+@redis.command("start")
+@_friendly
+def redis_start(
+    directory: Annotated[Path, typer.Option("--dir", help="Its data, pid and log folder.")] = Path(
+        "var/redis"
+    ),
+) -> None:
+    """Start Debian's redis-server on 127.0.0.1 (free port, protected mode); prints the
+    connection string to put in KEEP_FEAST__REDIS_CONNECTION."""
+    from keep.redis_server import start as start_server
+
+    server = start_server(directory.resolve())
+    out.print(f"redis-server pid {server.pid}: {server.connection_string}")
+
+
+@redis.command("stop")
+@_friendly
+def redis_stop(
+    directory: Annotated[Path, typer.Option("--dir", help="The folder given to start.")] = Path(
+        "var/redis"
+    ),
+) -> None:
+    """Stop the redis-server started with the same --dir (by its PID)."""
+    from keep.redis_server import stop_dir
+
+    stopped = stop_dir(directory.resolve())
+    out.print("stopped" if stopped else f"no redis-server running for {directory}")
+
+
 @app.command("import-taobao")
 @_friendly
 def import_taobao(

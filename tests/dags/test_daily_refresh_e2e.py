@@ -14,6 +14,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 from deltalake import DeltaTable
@@ -73,6 +74,10 @@ def test_one_day_through_airflow(tmp_path: Path) -> None:
             "validate_state",
             "samples",
             "validate_samples",
+            "pretrain",
+            "export_knowledge",
+            "validate_knowledge",
+            "publish_knowledge",
         )
     }
 
@@ -99,10 +104,43 @@ def test_one_day_through_airflow(tmp_path: Path) -> None:
         )
     finally:
         con.close()
-    ingest = json.loads(xcoms["ingest"])
-    assert ingest["counts"]["impressions"]["rows_stored"] == len(raw_ids)
-    assert json.loads(xcoms["validate"])["success"] is True
-    assert json.loads(xcoms["validate_samples"])["success"] is True
+    ingest = json.loads(xcoms["ingest"])["result"]
+    assert ingest["impressions"]["rows_stored"] == len(raw_ids)
+    for gate in ("validate", "validate_state", "validate_samples", "validate_knowledge"):
+        assert json.loads(xcoms[gate])["result"]["success"] is True, gate
+    pretrain = json.loads(xcoms["pretrain"])["result"]
+    lineage = pretrain["lineage"]
+    assert pretrain["new_lineage"] is True  # the first day starts a lineage
+
+    # The publication announced the knowledge Asset, naming the lineage and the snapshot.
+    con = sqlite3.connect(f"file:{airflow_home / 'airflow.db'}?mode=ro", uri=True)
+    try:
+        events = con.execute(
+            "SELECT a.name, e.extra, e.source_task_id FROM asset_event e "
+            "JOIN asset a ON a.id = e.asset_id"
+        ).fetchall()
+    finally:
+        con.close()
+    assert [(name, task) for name, _, task in events] == [("keep_knowledge", "publish_knowledge")]
+    extra = json.loads(events[0][1])
+    assert (extra["lineage"], extra["snapshot_ds"]) == (lineage, DS.isoformat())
+
+    # The published user vectors are live in the online store: what the retrieval module
+    # serves equals the knowledge table's rows of the snapshot, read with delta-rs.
+    knowledge = DeltaTable(str(settings.lake.root / "knowledge" / "user")).to_pyarrow_table(
+        partitions=[("knowledge_lineage", "=", lineage), ("snapshot_ds", "=", DS.isoformat())],
+        columns=["user_id", "vector"],
+    )
+    first = knowledge.slice(0, 1).to_pylist()[0]
+    from keep.retrieval import KnowledgeRetriever
+
+    served = KnowledgeRetriever(settings).fetch(first["user_id"], [], [])
+    assert (served.lineage, served.snapshot_ds, served.user_missing) == (
+        lineage,
+        DS.isoformat(),
+        False,
+    )
+    np.testing.assert_allclose(served.user, np.asarray(first["vector"], np.float32))
 
     # The day's samples: one per stored impression (no down-sampling by default).
     samples = DeltaTable(str(settings.lake.root / "gold" / "pretrain_samples"))
