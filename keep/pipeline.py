@@ -246,13 +246,33 @@ def run_day_airflow(settings: Settings, ds: dt.date) -> DayResult:
         return DayResult(ds=ds, counts=audit_counts(settings, ds), gate_summary=str(exc))
     states = task_states(settings, ds)
     passed = all(states.get(step) == "success" for step in STEPS)
+    lineage, click_auc = held_out_click_auc(settings, ds)
     return DayResult(
         ds=ds,
         counts=audit_counts(settings, ds),
         samples=lake.partition_rows(settings, sample_specs(settings)[0], ds),
+        lineage=lineage,
+        click_auc=click_auc,
         gate_passed=passed,
         gate_summary=f"Airflow task states for {ds}: {states}",
     )
+
+
+def held_out_click_auc(settings: Settings, ds: dt.date) -> tuple[str | None, float | None]:
+    """The current lineage and its held-out click AUC on ``ds`` (from the day's metrics file)."""
+    import json
+
+    from models.checkpoint import current_lineage, metrics_path
+
+    lineage = current_lineage(settings)
+    if lineage is None:
+        return None, None
+    path = metrics_path(settings, lineage, ds)
+    if not path.is_file():
+        return lineage, None
+    held_out = json.loads(path.read_text()).get("eval") or {}
+    auc = held_out.get("click_auc")
+    return lineage, float(auc) if auc is not None else None
 
 
 def audit_counts(settings: Settings, ds: dt.date) -> dict[str, SourceCounts]:
