@@ -25,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import gc
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -54,6 +56,41 @@ from keep.schemas import (
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
     from feast.repo_config import RepoConfig
+
+log = logging.getLogger(__name__)
+
+
+def import_feast(attempts: int = 3) -> None:
+    """Import ``feast`` once per process, robustly.
+
+    Feast decorates classes with typeguard's ``@typechecked``, which re-parses their modules'
+    source with ``ast.parse`` at import time. On CPython 3.11 (before 3.11.8) that parse can
+    fail with ``SystemError: AST constructor recursion depth mismatch`` when the process
+    already runs other threads and finalizers (here: the Spark gateway, GX and torch of the
+    earlier steps of an Airflow task process; CPython issue gh-106905). The import is then
+    retried from scratch, with the garbage collector paused during it.
+    """
+    if "feast.feature_store" in sys.modules:
+        return
+    for attempt in range(1, attempts + 1):
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            import feast.feature_store  # noqa: F401
+
+            return
+        except SystemError as exc:
+            if "recursion depth mismatch" not in str(exc) or attempt == attempts:
+                raise
+            log.warning("importing feast failed (%s); retrying (%d/%d)", exc, attempt, attempts)
+            for name in [m for m in sys.modules if m == "feast" or m.startswith("feast.")]:
+                del sys.modules[name]
+        finally:
+            if enabled:
+                gc.enable()
+
+
+import_feast()
 
 # --------------------------------------------------------------------------- names
 
