@@ -39,7 +39,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from great_expectations.checkpoint import UpdateDataDocsAction
 from great_expectations.core.run_identifier import RunIdentifier
 
 from keep import knowledge as kn
@@ -47,14 +46,13 @@ from keep import lake
 from keep.config import Settings
 from keep.schemas import ENTITIES, IMPRESSIONS, KNOWLEDGE_ENTITIES, knowledge_spec
 from keep.validation import (
-    DOCS_SITE,
-    RESULT_FORMAT,
     CheckResult,
     GateReport,
     _column,
     _observed,
-    _stored_if_current,
+    batch_definition,
     data_docs_index,
+    ensure_checkpoint,
     get_context,
 )
 
@@ -157,42 +155,25 @@ def _checkpoint_name(entity: str) -> str:
     return f"{KNOWLEDGE}_gate_{_suite_name(entity)}"
 
 
-def _batch_definition(context: Any, asset_name: str) -> Any:
-    try:
-        source = context.data_sources.get(DATA_SOURCE)
-    except KeyError:
-        source = context.data_sources.add_pandas(name=DATA_SOURCE)
-    try:
-        asset = source.get_asset(asset_name)
-    except LookupError:
-        asset = source.add_dataframe_asset(name=asset_name)
-    try:
-        return asset.get_batch_definition(BATCH_DEFINITION)
-    except KeyError:
-        return asset.add_batch_definition_whole_dataframe(BATCH_DEFINITION)
-
-
 def ensure_checkpoints(context: Any) -> dict[str, gx.Checkpoint]:
     """Every knowledge table's checkpoint, by entity; written only when the code changed."""
-    checkpoints = {}
-    for entity in KNOWLEDGE_ENTITIES:
-        suite = gx.ExpectationSuite(
-            name=_suite_name(entity), expectations=knowledge_expectations(entity)
+    return {
+        entity: ensure_checkpoint(
+            context,
+            _checkpoint_name(entity),
+            gx.ExpectationSuite(
+                name=_suite_name(entity), expectations=knowledge_expectations(entity)
+            ),
+            batch_definition(
+                context,
+                _suite_name(entity),
+                source_name=DATA_SOURCE,
+                batch_name=BATCH_DEFINITION,
+                engine="pandas",
+            ),
         )
-        definition = gx.ValidationDefinition(
-            name=_checkpoint_name(entity),
-            data=_batch_definition(context, _suite_name(entity)),
-            suite=suite,
-        )
-        wanted = gx.Checkpoint(
-            name=_checkpoint_name(entity),
-            validation_definitions=[definition],
-            actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])],
-            result_format=RESULT_FORMAT,
-        )
-        stored = _stored_if_current(context, wanted)
-        checkpoints[entity] = stored or context.checkpoints.add_or_update(wanted)
-    return checkpoints
+        for entity in KNOWLEDGE_ENTITIES
+    }
 
 
 def _ge_checks(table: str, suite_result: Any) -> list[KnowledgeCheck]:

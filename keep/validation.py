@@ -724,22 +724,33 @@ def get_context(settings: Settings) -> Any:
     return context
 
 
-def _batch_definition(context: Any, asset_name: str) -> Any:
-    """Get-or-add the data source, the asset and its whole-frame batch definition."""
+def batch_definition(
+    context: Any,
+    asset_name: str,
+    *,
+    source_name: str = DATA_SOURCE,
+    batch_name: str = BATCH_DEFINITION,
+    engine: str = "spark",
+) -> Any:
+    """Get-or-add the data source (``engine``: spark or pandas), the asset and its
+    whole-frame batch definition."""
     try:
-        source = context.data_sources.get(DATA_SOURCE)
+        source = context.data_sources.get(source_name)
     except KeyError:
-        # persist=False: we cache the day's frames ourselves and release them afterwards
-        # (GX would persist every frame it is given and never unpersist it).
-        source = context.data_sources.add_spark(name=DATA_SOURCE, persist=False)
+        if engine == "pandas":
+            source = context.data_sources.add_pandas(name=source_name)
+        else:
+            # persist=False: we cache the day's frames ourselves and release them afterwards
+            # (GX would persist every frame it is given and never unpersist it).
+            source = context.data_sources.add_spark(name=source_name, persist=False)
     try:
         asset = source.get_asset(asset_name)
     except LookupError:
         asset = source.add_dataframe_asset(name=asset_name)
     try:
-        return asset.get_batch_definition(BATCH_DEFINITION)
+        return asset.get_batch_definition(batch_name)
     except KeyError:
-        return asset.add_batch_definition_whole_dataframe(BATCH_DEFINITION)
+        return asset.add_batch_definition_whole_dataframe(batch_name)
 
 
 def _without_ids(value: Any) -> Any:
@@ -783,30 +794,31 @@ def _stored_if_current(context: Any, wanted: gx.Checkpoint) -> gx.Checkpoint | N
     return stored
 
 
+def ensure_checkpoint(context: Any, name: str, suite: gx.ExpectationSuite, data: Any) -> Any:
+    """The checkpoint ``name`` validating ``data`` (a batch definition) against ``suite``,
+    with Data Docs; added or updated only when the stored one differs from the code, so
+    steady-state runs (and concurrent runs of different days) only read the configuration."""
+    definition = gx.ValidationDefinition(name=name, data=data, suite=suite)
+    wanted = gx.Checkpoint(
+        name=name,
+        validation_definitions=[definition],
+        actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])],
+        result_format=RESULT_FORMAT,
+    )
+    # add_or_update cascades: it adds or updates the suite and the definition too.
+    return _stored_if_current(context, wanted) or context.checkpoints.add_or_update(wanted)
+
+
 def ensure_checkpoints(
     context: Any, gates: Sequence[TableGate] = GATES
 ) -> dict[str, gx.Checkpoint]:
-    """The checkpoint of every table of a gate (the ingest gate by default), by suite name,
-    with its definition and suite, added or updated as needed.
-
-    Nothing is written when the stored objects already match the code, so steady-state runs
-    (and concurrent runs of different days) only read the project's configuration.
-    """
-    checkpoints = {}
-    for gate, suite in zip(gates, suites(gates).values(), strict=True):
-        definition = gx.ValidationDefinition(
-            name=gate.checkpoint, data=_batch_definition(context, gate.suite), suite=suite
+    """The checkpoint of every table of a gate (the ingest gate by default), by suite name."""
+    return {
+        gate.suite: ensure_checkpoint(
+            context, gate.checkpoint, suite, batch_definition(context, gate.suite)
         )
-        wanted = gx.Checkpoint(
-            name=gate.checkpoint,
-            validation_definitions=[definition],
-            actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])],
-            result_format=RESULT_FORMAT,
-        )
-        stored = _stored_if_current(context, wanted)
-        # add_or_update cascades: it adds or updates the suite and the definition too.
-        checkpoints[gate.suite] = stored or context.checkpoints.add_or_update(wanted)
-    return checkpoints
+        for gate, suite in zip(gates, suites(gates).values(), strict=True)
+    }
 
 
 def data_docs_index(context: Any) -> Path | None:
