@@ -86,8 +86,8 @@ def _day(i: int) -> dt.date:
 
 
 def _generate_range(args: tuple[int, int, int]) -> None:
-    from keep import generator
-    from keep.config import load_settings
+    from keep.core.config import load_settings
+    from keep.sources import generator
 
     first, last, step = args
     settings = load_settings()
@@ -123,8 +123,8 @@ def events_with_category(spark: Any, settings: Any, last: dt.date) -> Any:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from keep import lake
-    from keep.schemas import DIM_ITEMS, IMPRESSIONS
+    from keep.core.tables import DIM_ITEMS, IMPRESSIONS
+    from keep.lake import spark_io as lake
 
     items = lake.read_table(spark, settings, DIM_ITEMS).where(F.col("ds") <= last.isoformat())
     nxt = F.lead("ds").over(Window.partitionBy("item_id").orderBy("ds"))
@@ -151,7 +151,8 @@ def full_recompute(spark: Any, settings: Any, ds: dt.date, out_root: Path) -> di
     """State of ``ds`` from the whole bronze history (reference functions); Delta writes."""
     from pyspark.sql import functions as F
 
-    from keep.schemas import COUNTERS, ENTITIES, USER_BEHAVIOR, stats_spec
+    from keep.core.tables import COUNTERS, ENTITIES, USER_BEHAVIOR, stats_spec
+    from keep.lake import spark_io as lake
     from spark_jobs.aggregate import full_sequences, full_stats
 
     agg = settings.aggregate
@@ -180,12 +181,12 @@ def full_recompute(spark: Any, settings: Any, ds: dt.date, out_root: Path) -> di
                 prior_strength=agg.prior_strength,
                 ds=ds,
             )
-            spec.conform(stats).write.format("delta").mode("overwrite").partitionBy("ds").save(
-                str(out_root / spec.name)
-            )
+            lake.conform(stats, spec).write.format("delta").mode("overwrite").partitionBy(
+                "ds"
+            ).save(str(out_root / spec.name))
             written[spec.name] = spec
         sequences = full_sequences(events, length=agg.sequence_length, ds=ds)
-        USER_BEHAVIOR.conform(sequences).write.format("delta").mode("overwrite").partitionBy(
+        lake.conform(sequences, USER_BEHAVIOR).write.format("delta").mode("overwrite").partitionBy(
             "ds"
         ).save(str(out_root / USER_BEHAVIOR.name))
         written[USER_BEHAVIOR.name] = USER_BEHAVIOR
@@ -199,11 +200,11 @@ def full_equals_incremental(
     spark: Any, settings: Any, ds: dt.date, out_root: Path, tables: dict[str, Any]
 ) -> bool:
     """Do the recomputed tables hold exactly the incremental state of ``ds``?"""
-    from keep import lake
+    from keep.lake import spark_io as lake
 
     for name, spec in tables.items():
         full = spark.read.format("delta").load(str(out_root / name))
-        incremental = spec.conform(lake.read_partition(spark, settings, spec, ds))
+        incremental = lake.conform(lake.read_partition(spark, settings, spec, ds), spec)
         if full.count() != incremental.count() or not full.exceptAll(incremental).isEmpty():
             print(f"full recomputation differs from the incremental state in {name}", flush=True)
             return False
@@ -214,17 +215,17 @@ def parquet_files(settings: Any, ds: dt.date) -> list[str]:
     """Live Parquet files of bronze.impressions' partition ``ds``, from the Delta log (delta-rs)."""
     from deltalake import DeltaTable
 
-    from keep import lake
-    from keep.schemas import IMPRESSIONS
+    from keep.core.tables import IMPRESSIONS
+    from keep.lake import delta
 
-    table = DeltaTable(str(lake.table_path(settings, IMPRESSIONS)))
+    table = DeltaTable(str(delta.table_path(settings, IMPRESSIONS)))
     uris = table.file_uris(file_pruning_predicate=[("ds", "=", ds.isoformat())])
     return [u.removeprefix("file://") for u in uris]
 
 
 def spark_cores(spark: Any) -> int:
     """Cores of a ``local[N]`` session (``spark.default.parallelism`` is set to the shuffle
-    partitions by keep.spark, so it does not tell); the machine's cores otherwise."""
+    partitions by keep.lake.spark, so it does not tell); the machine's cores otherwise."""
     master = spark.sparkContext.master
     if master.startswith("local[") and master[6:-1].isdigit():
         return int(master[6:-1])
@@ -290,10 +291,10 @@ def spark_vs_duckdb(spark: Any, files: list[str], repeats: int) -> dict[str, Any
 
 def measure(days: int, short_days: int, repeats: int, out: Path, overlap: bool) -> None:
     """Build the history in one SparkSession, take every measurement; figures to ``out``."""
-    from keep import lake
-    from keep.config import load_settings
-    from keep.schemas import IMPRESSIONS
-    from keep.spark import get_spark
+    from keep.core.config import load_settings
+    from keep.core.tables import IMPRESSIONS
+    from keep.lake import spark_io as lake
+    from keep.lake.spark import get_spark
     from spark_jobs.aggregate import run_aggregate
     from spark_jobs.ingest import run_ingest
 

@@ -7,7 +7,7 @@ For each size, in a fresh temporary KEEP_HOME: a ``setup`` process writes one da
 synthetic silver state with delta-rs (``users`` users with behaviour sequences of 0 to
 ``--seq-len`` behaviours, counters and attributes; ``users / 10`` items; 2 categories per
 user) and a freshly initialised checkpoint (a new lineage: every key is recomputed, the
-export's worst case); then an ``export`` process runs ``models.export.export_knowledge``
+export's worst case); then an ``export`` process runs ``models.pretrain.export.export_knowledge``
 and is measured alone (wall time, peak RSS of its process tree, bench/_common.py).
 Rows = user + item + user x category vectors written. Writes reports/bench/export.json with
 keys ``sizes`` (users), ``rows``, ``rows_per_s``, ``peak_rss_mb``, ``export_s``,
@@ -33,7 +33,7 @@ CHUNK = 100_000  # rows per synthetic write (the set-up's own memory bound)
 
 
 def bench_settings(home: Path, seq_len: int, batch_rows: int):  # type: ignore[no-untyped-def]
-    from keep.config import load_settings
+    from keep.core.config import load_settings
 
     return load_settings(
         home=home,
@@ -49,24 +49,23 @@ def setup(home: Path, users: int, seq_len: int, batch_rows: int) -> None:
     import torch
     from deltalake import write_deltalake
 
-    from keep import lake
-    from keep.schemas import (
+    from keep.core.tables import (
         DIM_ITEMS,
         DIM_USERS,
         USER_BEHAVIOR,
         daily_counts_spec,
         stats_spec,
-        to_arrow_schema,
         window_columns,
     )
-    from models.checkpoint import (
+    from keep.lake import delta
+    from models.pretrain.checkpoint import (
         TrainingSnapshot,
         checkpoint_path,
         save_snapshot,
         set_current_lineage,
     )
-    from models.multitask import MultiTaskModel
-    from models.pretrain import model_config
+    from models.pretrain.multitask import MultiTaskModel
+    from models.pretrain.train import model_config
 
     settings = bench_settings(home, seq_len, batch_rows)
     windows = settings.aggregate.windows
@@ -76,14 +75,14 @@ def setup(home: Path, users: int, seq_len: int, batch_rows: int) -> None:
     rng = np.random.default_rng(0)
 
     def write(spec, columns: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
-        schema = to_arrow_schema(spec)
+        schema = spec.schema
         n = len(next(iter(columns.values())))  # type: ignore[arg-type]
         columns = {**columns, "ds": [day] * n}
         if "event_timestamp" in schema.names:
             columns["event_timestamp"] = pa.array([eod] * n, schema.field("event_timestamp").type)
         table = pa.table({f.name: columns[f.name] for f in schema}, schema=schema)
         write_deltalake(
-            str(lake.table_path(settings, spec)),
+            str(delta.table_path(settings, spec)),
             table,
             partition_by=list(spec.partition_by),
             mode="append",
@@ -98,7 +97,7 @@ def setup(home: Path, users: int, seq_len: int, batch_rows: int) -> None:
                 out[col] = rng.integers(0, 50, n)
         return out
 
-    behavior_type = to_arrow_schema(USER_BEHAVIOR).field("behaviors").type
+    behavior_type = USER_BEHAVIOR.schema.field("behaviors").type
     struct_type = behavior_type.value_type
     for start in range(0, users, CHUNK):
         ids = np.arange(start, min(start + CHUNK, users), dtype=np.int64)
@@ -185,7 +184,7 @@ def setup(home: Path, users: int, seq_len: int, batch_rows: int) -> None:
 
 
 def export(home: Path, seq_len: int, batch_rows: int) -> None:
-    from models.export import export_knowledge
+    from models.pretrain.export import export_knowledge
 
     result = export_knowledge(bench_settings(home, seq_len, batch_rows), DAY)
     print(

@@ -4,7 +4,7 @@ For each size N, one lake holds a knowledge snapshot of N user vectors (64 float
 default) plus 1,000 item and 1,000 user x category vectors. In separate processes (so peak
 RSS is each path's own, measured over the process tree by bench/_common.run_measured):
 
-* project: keep.feast_store.publish_knowledge (chunked Delta reads, pre-built protos,
+* project: keep.store.publication.publish_knowledge (chunked Delta reads, pre-built protos,
   online_write_batch per chunk, slot cleared first, pointer switch);
 * plain:   FeatureStore.materialize over the same rows into a view of the same kind
   (``user_knowledge_plain_fv``: same source, same single vector feature, online).
@@ -42,7 +42,7 @@ SAMPLE = 200
 
 
 def _settings(home: Path, store: str, redis: str, chunk: int, dim: int):  # type: ignore[no-untyped-def]
-    from keep.config import load_settings
+    from keep.core.config import load_settings
 
     return load_settings(
         home=home,
@@ -65,14 +65,14 @@ def prepare(settings, rows: int) -> None:  # type: ignore[no-untyped-def]
     import pyarrow as pa
     from deltalake import write_deltalake
 
-    from keep.lake import table_path
-    from keep.schemas import knowledge_spec, stats_spec, to_arrow_schema
+    from keep.core.tables import knowledge_spec, stats_spec
+    from keep.lake.delta import table_path
 
     dim = settings.pretrain.knowledge_dim
     ts = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
     for entity, n in (("user", rows), ("item", SMALL), ("user_category", SMALL)):
         spec = knowledge_spec(entity)
-        schema = to_arrow_schema(spec)
+        schema = spec.schema
         for start in range(0, n, 100_000):
             m = min(100_000, n - start)
             ids = np.arange(start, start + m, dtype=np.int64)
@@ -109,7 +109,7 @@ def prepare(settings, rows: int) -> None:  # type: ignore[no-untyped-def]
             )
     for entity in ("user", "item", "user_category"):
         spec = stats_spec(entity, settings.aggregate.windows)
-        schema = to_arrow_schema(spec)
+        schema = spec.schema
         write_deltalake(
             str(table_path(settings, spec)),
             schema.empty_table(),
@@ -142,7 +142,9 @@ def _check(settings, store, view_name: str, rows: int) -> int:  # type: ignore[n
 
 
 def child(mode: str, settings, rows: int) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    from keep.feast_store import apply_repo, get_store, publish_knowledge, slot_view_name
+    from keep.core.feast_names import slot_view_name
+    from keep.store.feast_repo import apply_repo, get_store
+    from keep.store.publication import publish_knowledge
 
     if mode == "prepare":
         prepare(settings, rows)
@@ -203,7 +205,7 @@ def main() -> None:
     ap.add_argument("--redis", default="127.0.0.1:6379", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
-    from keep.config import FeastSettings
+    from keep.core.config import FeastSettings
 
     chunk = args.chunk or FeastSettings().publish_chunk_rows
     if args.child:
@@ -211,7 +213,7 @@ def main() -> None:
         print("RESULT " + json.dumps(child(args.child, settings, args.rows)))
         return
 
-    from keep import redis_server
+    from keep.store import redis_server
 
     report: dict[str, list] = {
         k: []

@@ -51,8 +51,8 @@ def main() -> None:
             "KEEP_SPARK__DRIVER_MEMORY": args.driver_memory,
         }
         try:
-            gen = run_measured([PYTHON, "-m", "keep.cli", "generate", "--start", DAY], env)
-            ing = run_measured([PYTHON, "-m", "keep.cli", "ingest", "--ds", DAY], env)
+            gen = run_measured([PYTHON, "-m", "keep.flows.cli", "generate", "--start", DAY], env)
+            ing = run_measured([PYTHON, "-m", "keep.flows.cli", "ingest", "--ds", DAY], env)
         finally:
             shutil.rmtree(home, ignore_errors=True)
         figures["sizes"].append(size)

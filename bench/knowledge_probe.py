@@ -6,7 +6,7 @@
 Reads the user vectors of snapshot ``ds`` (``knowledge.user``, lineage: ``--lineage`` or the
 lineage with the most rows on that day) and the synthetic world's truth for that day
 (``<truth_root>/user_latent/ds=<ds>/*.parquet``: ``user_id``, ``latent``, written by
-keep/generator.py; never read by the pipeline). A linear probe (ridge regression, closed
+keep/sources/generator.py; never read by the pipeline). A linear probe (ridge regression, closed
 form in numpy, features standardised on the training users, ridge strength chosen on a
 validation split of them) maps a user's vector to its latent interests. Users are split
 80/20 by a hash of ``user_id``; the figure is the held-out R^2 (variance-weighted over the
@@ -71,8 +71,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from keep import knowledge as kn
-    from keep.config import load_settings
+    from keep.core.config import load_settings
+    from keep.lake import knowledge as kn
 
     settings = load_settings(home=args.home)
     rows = {
@@ -98,7 +98,9 @@ def main() -> None:
 
     truth = settings.generator.truth_root / "user_latent" / f"ds={args.ds.isoformat()}"
     if not truth.is_dir():
-        sys.exit(f"no latent truth at {truth}: the probe needs a world made by keep/generator.py")
+        sys.exit(
+            f"no latent truth at {truth}: the probe needs a world made by keep/sources/generator.py"
+        )
     latent = pads.dataset(truth, format="parquet").to_table(columns=["user_id", "latent"])
     t_ids = latent.column("user_id").to_numpy()
     lat = latent.column("latent").combine_chunks()

@@ -7,9 +7,9 @@ Two arms, each its own process (so each one's peak memory is measured alone, pro
 included, i.e. the reader's worker processes), with the same model, batch size and torch
 thread count (``settings.pretrain.threads`` unless ``--threads``):
 
-* ``e2e``: :class:`models.reader.SampleReader` streams gold.pretrain_samples of the days
+* ``e2e``: :class:`models.pretrain.reader.SampleReader` streams gold.pretrain_samples of the days
   (delta-rs + pyarrow, shuffle windows, ``reader_workers`` worker processes) into
-  :func:`models.pretrain.train` for ``--steps`` steps; the clock covers the reader's start-up,
+  :func:`models.pretrain.train.train` for ``--steps`` steps; the clock covers the reader's start-up,
   every read, decode, shuffle and tensor conversion, and every training step.
 * ``compute``: the same number of steps over batches built beforehand in memory (the first
   ``--cached-batches`` batches of the same reader, cycled): model compute only.
@@ -35,12 +35,12 @@ from _common import PYTHON, REPO, run_measured, write_report
 def arm(args: argparse.Namespace) -> None:
     import torch
 
-    from keep.config import load_settings
-    from models.features import sample_columns
-    from models.multitask import MultiTaskModel
-    from models.optim import PretrainOptimizer
-    from models.pretrain import model_config, samples_table_uri, train
-    from models.reader import ReaderPosition, SampleReader
+    from keep.core.config import load_settings
+    from models.pretrain.features import sample_columns
+    from models.pretrain.multitask import MultiTaskModel
+    from models.pretrain.optim import PretrainOptimizer
+    from models.pretrain.reader import ReaderPosition, SampleReader
+    from models.pretrain.train import model_config, samples_table_uri, train
 
     settings = load_settings(home=args.home) if args.home else load_settings()
     p = settings.pretrain

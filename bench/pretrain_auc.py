@@ -45,8 +45,8 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def oracle_auc(settings: object, ds: dt.date) -> float | None:
-    from keep import lake
-    from keep.schemas import IMPRESSIONS
+    from keep.core.tables import IMPRESSIONS
+    from keep.lake import delta
 
     truth = Path(settings.generator.truth_root) / "oracle" / f"ds={ds.isoformat()}"  # type: ignore[attr-defined]
     if not truth.is_dir():
@@ -56,7 +56,7 @@ def oracle_auc(settings: object, ds: dt.date) -> float | None:
     )
     from deltalake import DeltaTable
 
-    bronze = DeltaTable(str(lake.table_path(settings, IMPRESSIONS))).to_pyarrow_table(  # type: ignore[arg-type]
+    bronze = DeltaTable(str(delta.table_path(settings, IMPRESSIONS))).to_pyarrow_table(  # type: ignore[arg-type]
         filters=[("ds", "=", ds.isoformat())], columns=["impression_id", "click"]
     )
     joined = bronze.join(oracle, "impression_id", join_type="inner")
@@ -69,8 +69,8 @@ def main() -> None:
     parser.add_argument("--lineage", default=None, help="lineage (default: the current one)")
     args = parser.parse_args()
 
-    from keep.config import load_settings
-    from models.checkpoint import checkpoint_days, current_lineage
+    from keep.core.config import load_settings
+    from models.pretrain.checkpoint import checkpoint_days, current_lineage
 
     settings = load_settings(home=args.home)
     lineage = args.lineage or current_lineage(settings)

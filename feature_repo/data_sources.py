@@ -8,19 +8,14 @@ samples' prefixes (``u_`` / ``i_`` / ``uc_``) so that one feature service can ho
 user, item and user x category features without name clashes.
 
 Paths come from the project settings through ``KEEP_FEAST_*`` variables
-(keep.feast_store.feast_env); nothing here is hard-coded.
+(keep.store.feast_repo.feast_env); nothing here is hard-coded.
 """
 
 from feast import FileSource
 from feast.data_format import DeltaFormat
 
-from keep.feast_store import (
-    knowledge_columns,
-    repo_params,
-    source_table_path,
-    stats_columns,
-)
-from keep.schemas import knowledge_spec, stats_spec
+from keep.core.feast_names import knowledge_columns, repo_params, source_table_path, stats_columns
+from keep.core.tables import knowledge_spec, stats_spec
 
 _params = repo_params()
 

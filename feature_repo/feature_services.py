@@ -2,7 +2,7 @@
 
 ``downstream_ctr_v1`` is what the downstream CTR model (with the KEEP plug-in) reads for
 its training sets: user, item and user x category knowledge plus the three entities'
-counters. Online, knowledge is read from the live slot (keep.retrieval); see
+counters. Online, knowledge is read from the live slot (serving.retrieval); see
 docs/feast.md.
 """
 

@@ -5,7 +5,7 @@ Three kinds of views, per entity (user, item, user x category):
 * ``<entity>_knowledge_fv`` -- the knowledge of every lineage and snapshot, for training
   sets (``get_historical_features``). Offline only (``online=False``): knowledge reaches
   the online store through the validated, atomic publication
-  (keep.feast_store.publish_knowledge), never through ``feast materialize``.
+  (keep.store.publication.publish_knowledge), never through ``feast materialize``.
 * ``<entity>_knowledge_blue_fv`` / ``<entity>_knowledge_green_fv`` -- the two online slots.
   One holds the live snapshot, the other the previous one (or the one being published);
   a pointer in the online store says which is live (docs/feast.md). They are declared
@@ -39,20 +39,28 @@ from entities import category, item, user
 from feast import FeatureView, Field
 from feast.types import Array, Bool, Float32, Float64, Int64, String
 
-from keep.feast_store import (
+from keep.core.feast_names import (
     KNOWLEDGE_TTL,
     SLOTS,
     STATS_TTL,
     knowledge_columns,
+    knowledge_view_name,
     repo_params,
     slot_view_name,
     stats_columns,
+    stats_view_name,
 )
 
 _params = repo_params()
 OWNER = "knowledge-platform@keep"
 
 _ENTITY_WORDS = {"user": "user", "item": "item", "user_category": "(user, category)"}
+_ENTITY_TITLES = {"user": "User", "item": "Item", "user_category": "User x category"}
+_STATS_DESCRIPTIONS = {
+    "user": "Multi-window impression/click/cart/purchase counters and CTR per user.",
+    "item": "Multi-window impression/click/cart/purchase counters and CTR per item.",
+    "user_category": "Multi-window counters and CTR per (user, category).",
+}
 
 
 _KEY_FIELDS = {
@@ -129,53 +137,42 @@ def _stats_fields(entity: str) -> list[Field]:
 
 # --------------------------------------------------------------------------- knowledge
 
-user_knowledge_fv = FeatureView(
-    name="user_knowledge_fv",
-    entities=[user],
-    ttl=KNOWLEDGE_TTL,
-    schema=_knowledge_fields("user"),
-    source=user_knowledge_source,
-    online=False,
-    description="User knowledge of every lineage and snapshot (training sets).",
-    owner=OWNER,
-    tags={"layer": "knowledge", "entity": "user", "publication": "offline"},
-)
-
-item_knowledge_fv = FeatureView(
-    name="item_knowledge_fv",
-    entities=[item],
-    ttl=KNOWLEDGE_TTL,
-    schema=_knowledge_fields("item"),
-    source=item_knowledge_source,
-    online=False,
-    description="Item knowledge of every lineage and snapshot (training sets).",
-    owner=OWNER,
-    tags={"layer": "knowledge", "entity": "item", "publication": "offline"},
-)
-
-user_category_knowledge_fv = FeatureView(
-    name="user_category_knowledge_fv",
-    entities=[user, category],
-    ttl=KNOWLEDGE_TTL,
-    schema=_knowledge_fields("user_category"),
-    source=user_category_knowledge_source,
-    online=False,
-    description="User x category knowledge of every lineage and snapshot (training sets).",
-    owner=OWNER,
-    tags={"layer": "knowledge", "entity": "user_category", "publication": "offline"},
-)
-
-# --------------------------------------------------------------------------- online slots
-
 _SOURCES = {
-    "user": (user_knowledge_source, [user]),
-    "item": (item_knowledge_source, [item]),
-    "user_category": (user_category_knowledge_source, [user, category]),
+    "user": (user_knowledge_source, user_stats_source, [user]),
+    "item": (item_knowledge_source, item_stats_source, [item]),
+    "user_category": (
+        user_category_knowledge_source,
+        user_category_stats_source,
+        [user, category],
+    ),
 }
 
 
+def _knowledge_view(entity: str) -> FeatureView:
+    source, _, entities = _SOURCES[entity]
+    return FeatureView(
+        name=knowledge_view_name(entity),
+        entities=entities,
+        ttl=KNOWLEDGE_TTL,
+        schema=_knowledge_fields(entity),
+        source=source,
+        online=False,
+        description=f"{_ENTITY_TITLES[entity]} knowledge of every lineage and snapshot "
+        "(training sets).",
+        owner=OWNER,
+        tags={"layer": "knowledge", "entity": entity, "publication": "offline"},
+    )
+
+
+user_knowledge_fv = _knowledge_view("user")
+item_knowledge_fv = _knowledge_view("item")
+user_category_knowledge_fv = _knowledge_view("user_category")
+
+# --------------------------------------------------------------------------- online slots
+
+
 def _slot_view(entity: str, slot: str) -> FeatureView:
-    source, entities = _SOURCES[entity]
+    source, _, entities = _SOURCES[entity]
     return FeatureView(
         name=slot_view_name(entity, slot),
         entities=entities,
@@ -185,11 +182,11 @@ def _slot_view(entity: str, slot: str) -> FeatureView:
         # online=False keeps `feast materialize[-incremental]` away from the slots: it skips
         # them, and refuses them by name ("not configured to be served online"). They are
         # still read online (get_online_features / feast serve read any enabled view); only
-        # keep.feast_store.publish_knowledge writes them.
+        # keep.store.publication.publish_knowledge writes them.
         online=False,
         description=(
             f"Online slot '{slot}' of the {_ENTITY_WORDS[entity]} knowledge; live when the "
-            "publication pointer names it. Written only by keep.feast_store.publish_knowledge."
+            "publication pointer names it. Written only by keep.store.publication.publish_knowledge."
         ),
         owner=OWNER,
         tags={"layer": "knowledge", "entity": entity, "slot": slot, "publication": "slot"},
@@ -205,38 +202,22 @@ user_category_knowledge_green_fv = _slot_view("user_category", SLOTS[1])
 
 # --------------------------------------------------------------------------- counters
 
-user_stats_fv = FeatureView(
-    name="user_stats_fv",
-    entities=[user],
-    ttl=STATS_TTL,
-    schema=_stats_fields("user"),
-    source=user_stats_source,
-    online=True,
-    description="Multi-window impression/click/cart/purchase counters and CTR per user.",
-    owner=OWNER,
-    tags={"layer": "silver", "entity": "user", "publication": "materialize"},
-)
 
-item_stats_fv = FeatureView(
-    name="item_stats_fv",
-    entities=[item],
-    ttl=STATS_TTL,
-    schema=_stats_fields("item"),
-    source=item_stats_source,
-    online=True,
-    description="Multi-window impression/click/cart/purchase counters and CTR per item.",
-    owner=OWNER,
-    tags={"layer": "silver", "entity": "item", "publication": "materialize"},
-)
+def _stats_view(entity: str) -> FeatureView:
+    _, source, entities = _SOURCES[entity]
+    return FeatureView(
+        name=stats_view_name(entity),
+        entities=entities,
+        ttl=STATS_TTL,
+        schema=_stats_fields(entity),
+        source=source,
+        online=True,
+        description=_STATS_DESCRIPTIONS[entity],
+        owner=OWNER,
+        tags={"layer": "silver", "entity": entity, "publication": "materialize"},
+    )
 
-user_category_stats_fv = FeatureView(
-    name="user_category_stats_fv",
-    entities=[user, category],
-    ttl=STATS_TTL,
-    schema=_stats_fields("user_category"),
-    source=user_category_stats_source,
-    online=True,
-    description="Multi-window counters and CTR per (user, category).",
-    owner=OWNER,
-    tags={"layer": "silver", "entity": "user_category", "publication": "materialize"},
-)
+
+user_stats_fv = _stats_view("user")
+item_stats_fv = _stats_view("item")
+user_category_stats_fv = _stats_view("user_category")

@@ -17,7 +17,7 @@ say() { printf '\033[1m[keep setup]\033[0m %s\n' "$*"; }
 need_apt=()
 command -v java >/dev/null 2>&1 || [ -n "${JAVA_HOME:-}" ] || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
-# Redis online store (Feast): tests start a private redis-server (keep/redis_server.py).
+# Redis online store (Feast): tests start a private redis-server (keep/store/redis_server.py).
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any
+from typing import Any, cast
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
-from keep import lake
-from keep.config import Settings
-from keep.errors import InputError
-from keep.schemas import (
+from keep.core.config import Settings
+from keep.core.errors import InputError
+from keep.core.tables import (
     BEHAVIOR,
     COUNTERS,
     DIM_ITEMS,
@@ -40,13 +40,14 @@ from keep.schemas import (
     daily_counts_spec,
     stats_spec,
 )
+from keep.core.time import end_of_day
+from keep.lake import delta
+from keep.lake import spark_io as lake
 
 log = logging.getLogger(__name__)
 
-
-def end_of_day(ds: dt.date) -> dt.datetime:
-    """``event_timestamp`` of state as of the end of ``ds`` (DESIGN.md, Contracts: Time)."""
-    return dt.datetime(ds.year, ds.month, ds.day, tzinfo=dt.UTC) + dt.timedelta(days=1)
+# One behaviour of a sequence, as a Spark struct (its schema: keep.core.tables.BEHAVIOR).
+_BEHAVIOR = cast(T.StructType, lake.spark_type(BEHAVIOR))
 
 
 def with_category(impressions: DataFrame, items_as_of: DataFrame) -> DataFrame:
@@ -185,7 +186,7 @@ def behaviors_of_day(impressions: DataFrame) -> DataFrame:
     event = F.struct(
         *[
             (kind if f.name == "behavior_type" else F.col(f.name)).cast(f.dataType).alias(f.name)
-            for f in BEHAVIOR.fields
+            for f in _BEHAVIOR.fields
         ]
     )
     return (
@@ -202,8 +203,8 @@ def update_sequences(
     joined = previous.select("user_id", "behaviors").join(today, on="user_id", how="full_outer")
     merged = F.array_sort(
         F.concat(
-            F.coalesce(F.col("behaviors"), F.array().cast(F.ArrayType(BEHAVIOR))),
-            F.coalesce(F.col("today"), F.array().cast(F.ArrayType(BEHAVIOR))),
+            F.coalesce(F.col("behaviors"), F.array().cast(T.ArrayType(_BEHAVIOR))),
+            F.coalesce(F.col("today"), F.array().cast(T.ArrayType(_BEHAVIOR))),
         )
     )
     kept = F.slice(merged, F.greatest(F.size(merged) - length + 1, F.lit(1)), length)
@@ -223,7 +224,7 @@ def full_sequences(impressions_history: DataFrame, *, length: int, ds: dt.date) 
     """The same sequences recomputed from all impressions up to ``ds`` (reference)."""
     today = behaviors_of_day(impressions_history.where(F.col("ds") <= ds.isoformat()))
     previous = today.select(
-        "user_id", F.array().cast(F.ArrayType(BEHAVIOR)).alias("behaviors")
+        "user_id", F.array().cast(T.ArrayType(_BEHAVIOR)).alias("behaviors")
     ).limit(0)
     return update_sequences(previous, today, length=length, ds=ds)
 
@@ -235,9 +236,9 @@ def partitions(settings: Settings, spec: TableSpec) -> list[dt.date]:
     """Days (``ds``) with live files in a table, read from the Delta log with delta-rs."""
     from deltalake import DeltaTable
 
-    if not lake.table_exists(settings, spec):
+    if not delta.table_exists(settings, spec):
         return []
-    table = DeltaTable(str(lake.table_path(settings, spec)))
+    table = DeltaTable(str(delta.table_path(settings, spec)))
     return sorted({dt.date.fromisoformat(p["ds"]) for p in table.partitions()})
 
 
@@ -305,7 +306,7 @@ def run_aggregate(spark: SparkSession, settings: Settings, ds: dt.date) -> dict[
         impressions.unpersist()
     apply_retention(spark, settings, ds)
     for spec in [USER_BEHAVIOR, *[stats_spec(e, agg.windows) for e in ENTITIES]]:
-        counts[spec.name] = lake.partition_rows(settings, spec, ds)
+        counts[spec.name] = delta.partition_rows(settings, spec, ds)
     log.info("aggregate %s: %s", ds, counts)
     return counts
 
@@ -324,6 +325,6 @@ def apply_retention(spark: SparkSession, settings: Settings, ds: dt.date) -> Non
     targets += [(daily_counts_spec(e), daily_cut) for e in ENTITIES]
     for spec, cut in targets:
         if any(d.isoformat() < cut for d in partitions(settings, spec)):
-            DeltaTable.forPath(spark, str(lake.table_path(settings, spec))).delete(
+            DeltaTable.forPath(spark, str(delta.table_path(settings, spec))).delete(
                 F.col("ds") < cut
             )

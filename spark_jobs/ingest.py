@@ -24,17 +24,25 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from keep import lake, raw_format
-from keep.config import Settings
-from keep.errors import InputError
-from keep.schemas import DIM_ITEMS, DIM_USERS, IMPRESSIONS, INGEST_AUDIT, QUARANTINE
+from keep.core.config import Settings
+from keep.core.errors import InputError
+from keep.core.tables import (
+    DIM_ITEMS,
+    DIM_USERS,
+    IMPRESSIONS,
+    INGEST_AUDIT,
+    QUARANTINE,
+    RAW_FIELDS,
+    SourceCounts,
+)
+from keep.lake import raw_format, raw_reader
+from keep.lake import spark_io as lake
 
 log = logging.getLogger(__name__)
 
@@ -283,24 +291,6 @@ def audit(classified: DataFrame, source: str, ds: dt.date) -> DataFrame:
     )
 
 
-@dataclass(frozen=True)
-class SourceCounts:
-    """Counts of one source on one day, as recorded in bronze.ingest_audit."""
-
-    source: str
-    rows_in: int
-    rows_stored: int
-    rows_quarantined: int
-    duplicates_within_day: int
-    duplicates_earlier_days: int
-    conflicting_duplicates: int
-    quarantine_rate: float
-
-    @property
-    def duplicates(self) -> int:
-        return self.duplicates_within_day + self.duplicates_earlier_days
-
-
 def read_day(spark: SparkSession, settings: Settings, source: str, ds: dt.date) -> DataFrame:
     """The day's raw rows of ``source`` with a file-order line number ``_line``."""
     files = raw_format.day_files(settings, source, ds)
@@ -309,7 +299,7 @@ def read_day(spark: SparkSession, settings: Settings, source: str, ds: dt.date) 
             f"No raw impression files for {ds} in {raw_format.day_dir(settings, source, ds)} "
             f"(expected *.jsonl, *.csv or *.parquet; see docs/raw-format.md)."
         )
-    return raw_format.read_raw(spark, files, raw_format.SOURCES[source]).withColumn(
+    return raw_reader.read_raw(spark, files, RAW_FIELDS[source]).withColumn(
         "_line", F.monotonically_increasing_id()
     )
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from keep import lake
-from keep.config import Settings
-from keep.errors import InputError
-from keep.schemas import (
+from keep.core.config import Settings
+from keep.core.errors import InputError
+from keep.core.tables import (
     BEHAVIOR,
     DIM_ITEMS,
     DIM_USERS,
@@ -32,22 +32,15 @@ from keep.schemas import (
     IMPRESSIONS,
     STAT_PREFIX,
     USER_BEHAVIOR,
-    TableSpec,
-    samples_spec,
+    sample_specs,
     stats_spec,
     window_columns,
 )
+from keep.lake import delta
+from keep.lake import spark_io as lake
 from spark_jobs.aggregate import partitions, state_days
 
 log = logging.getLogger(__name__)
-
-PRETRAIN = "gold.pretrain_samples"
-DOWNSTREAM = "gold.downstream_samples"
-
-
-def sample_specs(settings: Settings) -> tuple[TableSpec, TableSpec]:
-    windows = settings.aggregate.windows
-    return samples_spec(PRETRAIN, windows), samples_spec(DOWNSTREAM, windows)
 
 
 def _prefixed(stats: DataFrame, entity: str, windows: list[int]) -> DataFrame:
@@ -88,7 +81,7 @@ def build_samples(
     for prefix in STAT_PREFIX.values():
         for col in window_columns(windows):
             fills[prefix + col] = prior_ctr if col.startswith("ctr_") else 0
-    empty = F.array().cast(F.ArrayType(BEHAVIOR))
+    empty = F.array().cast(lake.spark_type(pa.list_(BEHAVIOR)))
     return (
         rows.na.fill(fills)  # type: ignore[arg-type]
         .withColumn("behaviors", F.coalesce(F.col("behaviors"), empty))
@@ -125,7 +118,7 @@ def run_samples(spark: SparkSession, settings: Settings, ds: dt.date) -> dict[st
         negative_sample_rate=agg.negative_sample_rate,
         state_ds=state_ds,
     ).cache()
-    pretrain, downstream = sample_specs(settings)
+    pretrain, downstream = sample_specs(settings.aggregate.windows)
     try:
         lake.overwrite_partition(samples, settings, pretrain, ds)
         lake.overwrite_partition(
@@ -133,6 +126,8 @@ def run_samples(spark: SparkSession, settings: Settings, ds: dt.date) -> dict[st
         )
     finally:
         samples.unpersist()
-    counts = {spec.name: lake.partition_rows(settings, spec, ds) for spec in (pretrain, downstream)}
+    counts = {
+        spec.name: delta.partition_rows(settings, spec, ds) for spec in (pretrain, downstream)
+    }
     log.info("samples %s: %s", ds, counts)
     return counts

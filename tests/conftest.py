@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
-from keep.config import Settings, load_settings
-from keep.redis_server import RedisServer
-from keep.redis_server import start as start_redis
-from keep.redis_server import stop as stop_redis
-from keep.spark import get_spark
+from keep.core.config import Settings, load_settings
+from keep.lake.spark import get_spark
+from keep.store.redis_server import RedisServer
+from keep.store.redis_server import start as start_redis
+from keep.store.redis_server import stop as stop_redis
 
 REPO = Path(__file__).resolve().parents[1]
 

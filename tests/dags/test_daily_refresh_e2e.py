@@ -19,7 +19,7 @@ import psutil
 import pytest
 from deltalake import DeltaTable
 
-from keep.airflow_env import dags_test, init_airflow, task_states
+from keep.flows.airflow_env import dags_test, init_airflow, task_states
 from tests.conftest import make_settings
 
 DS = dt.date(2026, 1, 1)
@@ -132,7 +132,7 @@ def test_one_day_through_airflow(tmp_path: Path) -> None:
         columns=["user_id", "vector"],
     )
     first = knowledge.slice(0, 1).to_pylist()[0]
-    from keep.retrieval import KnowledgeRetriever
+    from serving.retrieval import KnowledgeRetriever
 
     served = KnowledgeRetriever(settings).fetch(first["user_id"], [], [])
     assert (served.lineage, served.snapshot_ds, served.user_missing) == (

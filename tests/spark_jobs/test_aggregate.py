@@ -17,13 +17,21 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 
-from keep import generator, lake, raw_format
-from keep.config import Settings
-from keep.errors import InputError
-from keep.schemas import COUNTERS, ENTITIES, IMPRESSIONS, USER_BEHAVIOR, stats_spec
+from keep.core.config import Settings
+from keep.core.errors import InputError
+from keep.core.tables import (
+    COUNTERS,
+    ENTITIES,
+    IMPRESSIONS,
+    USER_BEHAVIOR,
+    sample_specs,
+    stats_spec,
+)
+from keep.lake import delta, raw_format
+from keep.sources import generator
 from spark_jobs.aggregate import run_aggregate
 from spark_jobs.ingest import run_ingest
-from spark_jobs.samples import run_samples, sample_specs
+from spark_jobs.samples import run_samples
 from tests.conftest import make_settings
 
 EPOCH = dt.date(2026, 1, 1)
@@ -186,7 +194,7 @@ def test_incremental_state_equals_full_recomputation(history: Settings) -> None:
 def test_samples_see_exactly_the_state_of_the_day_before(history: Settings) -> None:
     events = impressions_with_attrs(history)
     agg = history.aggregate
-    pretrain, downstream = sample_specs(history)
+    pretrain, downstream = sample_specs(history.aggregate.windows)
     for ds in SAMPLE_DAYS:
         state_day = ds - dt.timedelta(days=1)
         samples = read(history, pretrain.name, ds)
@@ -257,7 +265,7 @@ def _change_day(settings: Settings, ds: dt.date) -> None:
 def test_backfill_after_changed_day_equals_fresh_run_and_order_is_enforced(
     spark: SparkSession, tmp_path: Path
 ) -> None:
-    from keep import pipeline
+    from keep.flows import pipeline
 
     days = HISTORY[:3]
     repaired, fresh = tiny(tmp_path / "repaired"), tiny(tmp_path / "fresh")
@@ -288,4 +296,4 @@ def test_backfill_after_changed_day_equals_fresh_run_and_order_is_enforced(
         run_aggregate(spark, repaired, late)
     with pytest.raises(InputError, match="no partition 2026-01-04"):
         run_aggregate(spark, repaired, HISTORY[3])
-    assert lake.table_exists(repaired, USER_BEHAVIOR)
+    assert delta.table_exists(repaired, USER_BEHAVIOR)

@@ -16,10 +16,12 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 
-from keep import generator, lake, raw_format
-from keep.config import Settings
-from keep.errors import InputError
-from keep.schemas import DIM_ITEMS, DIM_USERS, IMPRESSIONS, INGEST_AUDIT, QUARANTINE
+from keep.core.config import Settings
+from keep.core.errors import InputError
+from keep.core.tables import DIM_ITEMS, DIM_USERS, IMPRESSIONS, INGEST_AUDIT, QUARANTINE
+from keep.lake import delta, raw_format
+from keep.lake import spark_io as lake
+from keep.sources import generator
 from spark_jobs.ingest import run_ingest
 
 D1 = dt.date(2026, 1, 1)
@@ -43,7 +45,7 @@ def dumps(row: dict) -> str:
 
 
 def delta_frame(settings: Settings, spec, ds: dt.date | None = None) -> pd.DataFrame:
-    path = lake.table_path(settings, spec)
+    path = delta.table_path(settings, spec)
     filters = [("ds", "=", ds.isoformat())] if ds else None
     return DeltaTable(str(path)).to_pandas(filters=filters)
 
@@ -56,7 +58,7 @@ def checksum(df: pd.DataFrame) -> tuple[int, str]:
 
 def partition_bytes(settings: Settings, spec, ds: dt.date) -> dict[str, str]:
     """sha256 of every file in partition ``ds``, plus the snapshot's file list for it."""
-    root = lake.table_path(settings, spec)
+    root = delta.table_path(settings, spec)
     folder = root / f"ds={ds.isoformat()}"
     digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
     live = sorted(f for f in DeltaTable(str(root)).file_uris() if f"/ds={ds.isoformat()}/" in f)

@@ -2,7 +2,7 @@
 
 Three tiny days are ingested and aggregated twice from the same raw files: in this process
 with the session's ``local[2]`` SparkSession (lake A), and in a separate driver process
-whose ``spark.master`` is a standalone cluster started with ``keep.cluster`` on loopback
+whose ``spark.master`` is a standalone cluster started with ``keep.lake.cluster`` on loopback
 (lake B; one Python process can hold only one SparkContext, and the session-scoped one is
 shared with other tests). The tables are then read with delta-rs (no Spark) and compared.
 """
@@ -24,10 +24,11 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 
-from keep import generator, lake
-from keep.cluster import start_standalone
-from keep.config import Settings
-from keep.schemas import ENTITIES, IMPRESSIONS, USER_BEHAVIOR, TableSpec, stats_spec
+from keep.core.config import Settings
+from keep.core.tables import ENTITIES, IMPRESSIONS, USER_BEHAVIOR, TableSpec, stats_spec
+from keep.lake import delta
+from keep.lake.cluster import start_standalone
+from keep.sources import generator
 from spark_jobs.aggregate import run_aggregate
 from spark_jobs.ingest import run_ingest
 from tests.conftest import REPO, make_settings
@@ -37,8 +38,8 @@ DAYS = [dt.date(2026, 1, 1) + dt.timedelta(days=i) for i in range(3)]
 # The cluster-side driver: settings come from KEEP_* environment variables only.
 CLUSTER_DRIVER = """
 import datetime as dt, sys
-from keep.config import load_settings
-from keep.spark import get_spark
+from keep.core.config import load_settings
+from keep.lake.spark import get_spark
 from spark_jobs.aggregate import run_aggregate
 from spark_jobs.ingest import run_ingest
 
@@ -80,7 +81,7 @@ def _env(settings: Settings, master: str, extra_conf: dict[str, str]) -> dict[st
 def _rows(settings: Settings, spec: TableSpec, ds: dt.date | None) -> list[dict[str, Any]]:
     """Rows of ``spec`` (one partition, or all), read with delta-rs, sorted by the key."""
     filters = [("ds", "=", ds.isoformat())] if ds else None
-    table = DeltaTable(str(lake.table_path(settings, spec))).to_pyarrow_table(filters=filters)
+    table = DeltaTable(str(delta.table_path(settings, spec))).to_pyarrow_table(filters=filters)
     rows = table.to_pylist()
     return sorted(rows, key=lambda r: tuple(r[k] for k in spec.key))
 

@@ -1,0 +1,327 @@
+"""The one configuration object of the KEEP platform.
+
+Settings are read, in increasing priority, from the defaults below, a YAML file
+(``keep.yaml`` in the working directory, or the file named by ``KEEP_CONFIG``) and
+environment variables ``KEEP_<SECTION>__<FIELD>`` (for example
+``KEEP_SPARK__MASTER=spark://host:7077`` or ``KEEP_LAKE__ROOT=/data/lake``).
+
+Every job receives a :class:`Settings` explicitly; no function body hard-codes a path,
+a date or a seed. Tool-specific files (Airflow's environment, Feast's
+``feature_store.yaml``) are generated from this object.
+
+Relative paths are resolved against ``home`` (``KEEP_HOME``, default: the current
+working directory), so one checkout can run several isolated pipelines.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+# The checkout / install root: set-up artefacts (Delta jars, the dags folder) live here,
+# while data (lake, raw files, Airflow's database) lives under ``Settings.home``.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class SparkSettings(BaseModel):
+    """Where and how Spark runs. The same code scales out by changing ``master`` only."""
+
+    master: str = "local[2]"
+    app_name: str = "keep"
+    driver_memory: str = "2g"
+    # 2 cores: a handful of shuffle partitions; at scale, raise to ~2-3x total cores.
+    shuffle_partitions: int = 4
+    # Folder holding the Delta Lake jars fetched once by ``scripts/setup.sh``.
+    jars_dir: Path = PROJECT_ROOT / ".cache" / "jars"
+    log_level: str = "WARN"
+    # Any further ``spark.*`` settings, passed through verbatim.
+    extra_conf: dict[str, str] = Field(default_factory=dict)
+
+
+class LakeSettings(BaseModel):
+    """Locations of the raw landing zone and the Delta lake."""
+
+    raw_root: Path = Path("var/raw")
+    root: Path = Path("var/lake")
+
+
+class IngestSettings(BaseModel):
+    """Rules of the ingest job (see docs/raw-format.md)."""
+
+    # Known subsystems; an impression from any other scenario is quarantined.
+    # ``browse`` is the Taobao behaviour log's scenario (docs/taobao.md).
+    scenarios: list[str] = Field(
+        default_factory=lambda: ["search", "feed", "video", "ads", "browse"]
+    )
+    # An event may arrive in the log of the day after it happened, up to this much late.
+    allowed_lateness_minutes: int = 60
+    # Impression ids are deduplicated against this many earlier days of bronze.
+    dedup_lookback_days: int = 7
+
+
+class ValidationSettings(BaseModel):
+    """Great Expectations gates."""
+
+    # Fraction of a day's raw impression rows that may be quarantined before the gate fails.
+    max_quarantine_rate: float = 0.10
+    # Great Expectations project folder (Data Docs HTML lives under it).
+    ge_root: Path = Path("var/great_expectations")
+
+
+class ScenarioSpec(BaseModel):
+    """One subsystem of the synthetic super-domain."""
+
+    name: str
+    traffic_share: float
+    base_logit: float
+    position_decay: float
+
+
+def _default_scenarios() -> list[ScenarioSpec]:
+    return [
+        ScenarioSpec(name="search", traffic_share=0.35, base_logit=-2.4, position_decay=0.40),
+        ScenarioSpec(name="feed", traffic_share=0.35, base_logit=-3.1, position_decay=0.20),
+        ScenarioSpec(name="video", traffic_share=0.20, base_logit=-2.8, position_decay=0.25),
+        # The sparse downstream subsystem: 10% of the traffic, ~10x fewer impressions per user.
+        ScenarioSpec(name="ads", traffic_share=0.10, base_logit=-3.5, position_decay=0.50),
+    ]
+
+
+class GeneratorSettings(BaseModel):
+    """The synthetic super-domain (docs/generator.md). Its hash names the world."""
+
+    seed: int = 7
+    # First day of the world; dimension files of this day hold every user and item.
+    epoch: dt.date = dt.date(2026, 1, 1)
+    horizon_days: int = 400
+    n_users: int = 5_000
+    n_items: int = 2_000
+    new_users_per_day: int = 25
+    new_items_per_day: int = 10
+    n_categories: int = 40
+    n_brands: int = 400
+    latent_dim: int = 16
+    impressions_per_day: int = 50_000
+    scenarios: list[ScenarioSpec] = Field(default_factory=_default_scenarios)
+    downstream_scenario: str = "ads"
+    activity_sigma: float = 0.8
+    popularity_exponent: float = 0.9
+    item_spread: float = 0.6
+    retrieval_sharpness: float = 1.0
+    affinity_weight: float = 1.2
+    click_noise_sd: float = 0.5
+    drift: float = 0.03
+    price_change_rate: float = 0.01
+    # Where the truth (oracle probabilities, latent interests, world.json) is written:
+    # never beside the raw logs, so no pipeline stage can read it by accident.
+    truth_root: Path = Path("var/truth")
+
+    def world_id(self) -> str:
+        """Hash of everything that defines the world (not where its truth is written)."""
+        blob = json.dumps(self.model_dump(mode="json", exclude={"truth_root"}), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class AirflowSettings(BaseModel):
+    """Airflow's own configuration is generated from these (see keep.flows.airflow_env)."""
+
+    home: Path = Path("var/airflow")
+    parallelism: int = 2
+    # In demo mode the DAG generates the day's raw files before ingesting them.
+    demo_mode: bool = True
+
+
+class AggregateSettings(BaseModel):
+    """Long-history state (silver) and training samples (gold); see docs/aggregation.md."""
+
+    # Last N behaviours (clicks, carts, purchases) kept per user.
+    sequence_length: int = 50
+    # Counter windows in days; every window's counts are kept per entity and day.
+    windows: list[int] = Field(default_factory=lambda: [1, 7, 30, 365])
+    # Smoothed click rate: (clicks + prior_strength * prior_ctr) / (impressions + prior_strength).
+    prior_ctr: float = 0.05
+    prior_strength: float = 20.0
+    # Daily state snapshots older than this many days are deleted (backfills and
+    # point-in-time joins can reach back this far). Daily counts are kept for the
+    # longest window regardless, because the counters subtract the day leaving it.
+    snapshot_retention_days: int = 60
+    # Fraction of non-clicked impressions kept in the samples; kept ones get weight 1/rate
+    # so that weighted click rates stay calibrated. 1.0 keeps everything.
+    negative_sample_rate: float = 1.0
+    # Scenario of the downstream subsystem whose samples go to gold.downstream_samples.
+    downstream_scenario: str = "ads"
+
+
+class PretrainSettings(BaseModel):
+    """The multi-task pre-training model and its training loop (docs/pretrain.md)."""
+
+    # Hashed embedding buckets: an id never seen in training still maps to a bucket.
+    user_buckets: int = 100_003
+    item_buckets: int = 50_021
+    category_buckets: int = 1_009
+    brand_buckets: int = 10_007
+    scenario_buckets: int = 17
+    embedding_dim: int = 16
+    # Dimension of every exported knowledge vector (user, item, user x category).
+    knowledge_dim: int = 64
+    hidden_dims: list[int] = Field(default_factory=lambda: [128, 64])
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 1
+    seed: int = 0
+    # torch intra-op threads per process (divided by the ranks under torchrun). 1 by default:
+    # on the shared 2-core machine a second OpenMP thread spin-waits against the reader
+    # worker and other processes, measured 5-10x slower per step (docs/pretrain.md).
+    threads: int = 1
+    # Reader worker processes decoding Delta batches while the model trains (0 = inline).
+    reader_workers: int = 1
+    # Samples shuffled together (memory bound of the reader, in rows).
+    shuffle_buffer: int = 20_000
+    # Checkpoints: one folder per lineage, one file per day; mid-run every N steps.
+    checkpoint_root: Path = Path("var/checkpoints")
+    checkpoint_every_steps: int = 200
+    # Days of history a full retrain (new lineage) covers, ending with the day trained.
+    full_retrain_days: int = 7
+
+
+class KnowledgeSettings(BaseModel):
+    """Knowledge export and its gate (docs/knowledge.md)."""
+
+    # Keys with an impression within this many days (ending with the snapshot day) are
+    # recomputed; other known keys are carried forward from the previous snapshot.
+    active_window_days: int = 7
+    # Rows per batch everywhere in the export and the gate: the memory bound.
+    export_batch_rows: int = 50_000
+    # Rows per forward pass of the model in the export (activations grow with rows x sequence).
+    inference_batch_rows: int = 4_096
+    # One JSON manifest per snapshot: <manifest_root>/<lineage>/<ds>.json.
+    manifest_root: Path = Path("var/knowledge")
+    # Scratch space of the export (the day's state split into key buckets; removed after).
+    spill_root: Path = Path("var/tmp/knowledge")
+    # Gate thresholds (why each: docs/knowledge.md).
+    min_coverage: float = 0.95
+    # Median per-key |v_d| / |v_prev| of recomputed keys, within a lineage.
+    norm_ratio_bounds: tuple[float, float] = (0.5, 2.0)
+    # Per-key cosine distance to the previous snapshot's vector, within a lineage.
+    max_drift_median: float = 0.35
+    max_drift_p99: float = 1.2
+    # The first N warm-started snapshots of a lineage (N previous snapshots or fewer) have
+    # their drift and norm ratio reported but not gated: a model trained from scratch on
+    # one day still moves a lot on the next (docs/knowledge.md).
+    drift_warmup_snapshots: int = 1
+    # Not collapsed: std of pairwise cosines of a sample of mean-centred vectors, and the
+    # share of the vectors' energy that varies between keys (E|v - mean|^2 / E|v|^2).
+    min_pairwise_cosine_spread: float = 0.05
+    min_variance_fraction: float = 0.001
+    # Across lineages: mean k-nearest-neighbour overlap on shared keys.
+    min_neighbour_overlap: float = 0.05
+    neighbour_k: int = 10
+    # Keys sampled (by key hash, the same keys in every snapshot) for drift and norms ...
+    gate_sample_rows: int = 20_000
+    # ... and, of those, for the pairwise checks (collapse, neighbours).
+    pairwise_sample_rows: int = 1_000
+
+
+class FeastSettings(BaseModel):
+    """The Feast feature store over the lake (feature_repo/, docs/feast.md)."""
+
+    repo_path: Path = PROJECT_ROOT / "feature_repo"
+    # feature_store.yaml and the registry / online store files are generated here.
+    store_root: Path = Path("var/feast")
+    project: str = "keep"
+    online_store: str = "sqlite"  # or "redis"
+    redis_connection: str = "127.0.0.1:6379"
+    # Rows per online-store write batch (one SQLite transaction / Redis pipeline) during
+    # publication; memory is about 2 KB x this, whatever the snapshot's size.
+    publish_chunk_rows: int = 50_000
+
+
+class PipelineSettings(BaseModel):
+    """Dates of the default demo run."""
+
+    start_ds: dt.date = dt.date(2026, 1, 1)
+    end_ds: dt.date = dt.date(2026, 1, 3)
+
+
+class Settings(BaseSettings):
+    """All settings of one KEEP deployment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KEEP_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    home: Path = Field(default_factory=Path.cwd)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    lake: LakeSettings = Field(default_factory=LakeSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    airflow: AirflowSettings = Field(default_factory=AirflowSettings)
+    aggregate: AggregateSettings = Field(default_factory=AggregateSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
+    knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
+    feast: FeastSettings = Field(default_factory=FeastSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = os.environ.get("KEEP_CONFIG", "keep.yaml")
+        return (
+            init_settings,
+            env_settings,
+            YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file),
+        )
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Settings:
+        self.home = self.home.expanduser().resolve()
+        for section in (
+            self.spark,
+            self.lake,
+            self.validation,
+            self.airflow,
+            self.generator,
+            self.pretrain,
+            self.knowledge,
+            self.feast,
+        ):
+            for name, value in list(section):
+                if isinstance(value, Path) and not value.is_absolute():
+                    setattr(section, name, self.home / value)
+        return self
+
+    def fingerprint(self) -> str:
+        """Short hash of the settings that change results (not paths), for lineage records."""
+        payload: dict[str, Any] = {
+            "ingest": self.ingest.model_dump(mode="json"),
+            "world": self.generator.world_id(),
+        }
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from file + environment, with explicit keyword overrides on top."""
+    return Settings(**overrides)

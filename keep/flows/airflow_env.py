@@ -1,0 +1,377 @@
+"""Airflow's configuration, generated from the one :class:`~keep.core.config.Settings` object.
+
+Airflow reads its configuration from ``AIRFLOW_HOME/airflow.cfg`` and ``AIRFLOW__*``
+environment variables when it is imported, so the platform never imports Airflow in its
+own process: every Airflow command runs as a subprocess with the environment built by
+:func:`airflow_environ`:
+
+* ``AIRFLOW_HOME`` = ``settings.airflow.home`` with a SQLite metadata DB inside it,
+  the repository's ``dags/`` folder, no example DAGs, parallelism from settings;
+* the full KEEP settings as ``KEEP_HOME`` + one JSON value per section
+  (``KEEP_SPARK='{"master": ...}'``), so the tasks' ``load_settings()`` rebuilds exactly
+  the object the caller holds, wherever it came from (file, environment, test overrides).
+
+The embedded mode runs a day with ``airflow dags test`` (:func:`dags_test`): Airflow 3
+parses the DAG, creates a DagRun in the metadata DB and runs each task *in the same
+process* through an in-process Execution API, with no scheduler, API server or executor,
+so it needs no network, no JWT secret and no ``execution_api_server_url`` (Airflow writes
+a random JWT secret and Fernet key into the generated ``airflow.cfg`` on first use, which
+a scheduler and API server sharing that home then agree on).
+
+The generated values win over the parent environment, so a stray ``AIRFLOW__*`` variable
+cannot point a run at another deployment's database; settings that the generated
+environment does not fix (e.g. the executor: LocalExecutor by default) can still be set
+by the caller. Scaling out (Postgres metadata DB, Celery / Kubernetes executor) means
+adding those as fields of ``settings.airflow`` and emitting them here.
+
+Usage::
+
+    from keep.flows.airflow_env import dags_test
+    dags_test(load_settings(), datetime.date(2026, 1, 1))   # runs `airflow db migrate` once
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import importlib.metadata
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from keep.core.config import Settings
+from keep.core.errors import KeepError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DAGS_FOLDER = REPO_ROOT / "dags"
+DAG_ID = "keep_daily_refresh"
+
+# Sections of Settings passed to Airflow's processes as one JSON value each.
+_SECTIONS = tuple(name for name in Settings.model_fields if name != "home")
+_MIGRATED_MARKER = ".keep-db-migrated"
+_LOG_TAIL_LINES = 20
+_ABORT_GRACE_S = 3.0
+_EXIT_GRACE_S = 20.0
+# Log lines of `airflow dags test` that mean a task attempt failed.
+_TASK_FAILED = re.compile(r"new_state=(up_for_retry|failed)\b|Task failed with exception")
+# The test loop's once-a-second report when no task is runnable, unless one is only waiting.
+_BLOCKED = re.compile(
+    r"No tasks to run\. unrunnable tasks:"
+    r"(?!.*\[(?:up_for_retry|up_for_reschedule|deferred|running|queued|awaiting_input)\])"
+)
+_BLOCKED_REPORTS = 10
+_FIRST_ERROR = re.compile(r"\[error\s*\]|Traceback \(most recent call last\)")
+_LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")  # a new structured log line
+_JAVA_FRAME = re.compile(r"\s+at |\s+\.\.\. \d+ more")
+_ERROR_LINES = 16
+# Repeated lines left out of error excerpts: py4j's, one per pooled connection when the
+# JVM goes away, and the test loop's, once a second while no task can run (see _hint).
+_NOISE = re.compile(r"Closing down clientserver connection|No tasks to run\. unrunnable tasks")
+
+
+class AirflowCommandError(KeepError):
+    """An Airflow command exited with an error; the message ends with the tail of its log."""
+
+
+def airflow_version() -> str:
+    """Version of the installed Airflow core (read from package metadata, no import)."""
+    return importlib.metadata.version("apache-airflow-core")
+
+
+def metadata_db(settings: Settings) -> Path:
+    return settings.airflow.home / "airflow.db"
+
+
+def airflow_environ(settings: Settings) -> dict[str, str]:
+    """Environment variables that configure Airflow (and the KEEP settings of its tasks).
+
+    Layer it over the parent environment (see :func:`command_environ`); values here win.
+    """
+    home = settings.airflow.home
+    parallelism = str(settings.airflow.parallelism)
+    env = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__CORE__PARALLELISM": parallelism,
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": parallelism,
+        # Days of one DAG never overlap (each day's state builds on the day before).
+        "AIRFLOW__CORE__MAX_ACTIVE_RUNS_PER_DAG": "1",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{metadata_db(settings)}",
+        # The DAG imports `keep`; make it importable even without an installed package.
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+        ),
+        "KEEP_HOME": str(settings.home),
+    }
+    for section in _SECTIONS:
+        env[f"KEEP_{section.upper()}"] = getattr(settings, section).model_dump_json()
+    if os.environ.get("KEEP_CONFIG"):
+        env["KEEP_CONFIG"] = os.environ["KEEP_CONFIG"]
+    return env
+
+
+def command_environ(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) without its ``KEEP_*`` variables, plus
+    :func:`airflow_environ`: inherited ``KEEP_SECTION__FIELD`` overrides must not win over
+    the settings object the caller passed."""
+    env = {
+        k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("KEEP_")
+    }
+    env.update(airflow_environ(settings))
+    return env
+
+
+def airflow_command(*args: str) -> list[str]:
+    """``airflow <args>`` run by this interpreter (the venv's Airflow, whatever PATH says)."""
+    return [sys.executable, "-m", "airflow", *args]
+
+
+def run_airflow(
+    settings: Settings,
+    args: Sequence[str],
+    *,
+    timeout: float,
+    log_name: str,
+    abort_on: Callable[[str], bool] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``airflow <args>`` with the generated environment, in its own process group.
+
+    stdout and stderr are captured together (``.stdout``) and streamed to
+    ``<airflow home>/logs/<log_name>`` (``tail -f`` it during a long run). When
+    ``abort_on(line)`` is true for a line, the command is stopped a few seconds later. On exit (success,
+    failure, abort or timeout) every process left in the command's group (e.g. Spark's
+    JVM) is terminated. Raises :class:`AirflowCommandError` with the relevant part of
+    the log on a non-zero exit, an abort or a timeout.
+    """
+    cmd = airflow_command(*args)
+    log_path = settings.airflow.home / "logs" / log_name
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    aborted = threading.Event()
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        cmd,
+        env=command_environ(settings),
+        cwd=settings.home,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        with open(log_path, "w") as log_file:
+            for line in proc.stdout:
+                lines.append(line)
+                log_file.write(line)
+                log_file.flush()
+                if abort_on is not None and not aborted.is_set() and abort_on(line):
+                    aborted.set()
+
+    reader = threading.Thread(target=pump, name=f"airflow-{log_name}", daemon=True)
+    reader.start()
+    why = ""
+    try:
+        deadline = started + timeout
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                why = f"timed out after {timeout:.0f} s"
+                break
+            if aborted.wait(0.2):
+                time.sleep(_ABORT_GRACE_S)  # let the failing task's traceback reach the log
+                why = "was stopped early (fail_fast)"
+                break
+    finally:
+        seen = len(lines)  # what came before we stopped it (after: shutdown noise)
+        # After a normal exit this reaps leftovers, e.g. a JVM that does not stop.
+        exited = not why and proc.poll() is not None
+        _kill_group(proc, grace=_EXIT_GRACE_S if exited else 0.0)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        reader.join(timeout=10)
+    output = "".join(lines)
+    if not why and proc.returncode != 0:
+        why = f"exited with code {proc.returncode} after {time.monotonic() - started:.0f} s"
+    if why:
+        raise AirflowCommandError(
+            f"`airflow {' '.join(args)}` {why} (AIRFLOW_HOME={settings.airflow.home}; "
+            f"full log: {log_path}).{_hint(output)}\n{_excerpt(''.join(lines[:seen]))}"
+        )
+    return subprocess.CompletedProcess(cmd, proc.returncode, output, None)
+
+
+def init_airflow(settings: Settings, *, timeout: float = 300) -> bool:
+    """Create or upgrade the metadata DB (``airflow db migrate``) unless already done.
+
+    Idempotent: a marker in ``AIRFLOW_HOME`` records the Airflow version the DB was
+    migrated for; a file lock makes concurrent callers wait for one migration.
+    Returns True when a migration ran.
+    """
+    home = settings.airflow.home
+    home.mkdir(parents=True, exist_ok=True)
+    marker = home / _MIGRATED_MARKER
+    stamp = f"{airflow_version()} {metadata_db(settings)}"
+    with open(home / ".keep-db.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.is_file() and marker.read_text() == stamp and _has_schema(metadata_db(settings)):
+            return False
+        run_airflow(settings, ["db", "migrate"], timeout=timeout, log_name="db_migrate.log")
+        marker.write_text(stamp)
+        return True
+
+
+def dags_test(
+    settings: Settings,
+    ds: dt.date,
+    *,
+    dag_id: str = DAG_ID,
+    timeout: float = 1800,
+    fail_fast: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """Run one DagRun of ``dag_id`` for logical day ``ds`` with ``airflow dags test``.
+
+    Initialises the metadata DB first if needed. Tasks run in-process, one after the
+    other; a re-run of the same day clears and re-runs its task instances. The combined
+    output is in ``.stdout`` and in ``<airflow home>/logs/dags_test-<dag_id>-<ds>.log``.
+
+    ``airflow dags test`` honours the DAG's retries: a failing task is retried after its
+    ``retry_delay`` while the command waits; and a task that ``depends_on_past`` on a day
+    that did not succeed is never runnable, so the command waits until ``timeout``.
+    ``fail_fast=True`` stops the run at the first task failure or once tasks are seen
+    blocked (tests, debugging).
+    """
+    init_airflow(settings)
+    return run_airflow(
+        settings,
+        ["dags", "test", dag_id, ds.isoformat()],
+        timeout=timeout,
+        log_name=f"dags_test-{dag_id}-{ds.isoformat()}.log",
+        abort_on=_failure_detector() if fail_fast else None,
+    )
+
+
+def task_states(settings: Settings, ds: dt.date, dag_id: str = DAG_ID) -> dict[str, str | None]:
+    """``{task_id: state}`` of the latest DagRun of ``dag_id`` for logical day ``ds``,
+    read straight from the SQLite metadata DB (no Airflow import)."""
+    day = ds.isoformat()
+    con = sqlite3.connect(f"file:{metadata_db(settings)}?mode=ro", uri=True)
+    try:
+        rows = con.execute(
+            """
+            SELECT ti.task_id, ti.state
+            FROM task_instance ti
+            JOIN dag_run dr ON dr.dag_id = ti.dag_id AND dr.run_id = ti.run_id
+            WHERE ti.dag_id = ? AND substr(dr.logical_date, 1, 10) = ?
+              AND dr.id = (SELECT max(id) FROM dag_run
+                           WHERE dag_id = ? AND substr(logical_date, 1, 10) = ?)
+            """,
+            (dag_id, day, dag_id, day),
+        ).fetchall()
+    finally:
+        con.close()
+    return dict(rows)
+
+
+def _failure_detector() -> Callable[[str], bool]:
+    """A predicate over `airflow dags test` log lines: true at the first failed task attempt,
+    or after the test loop has reported for a while that no task can run although none
+    is waiting for a retry, a reschedule or a trigger (blocked by depends_on_past)."""
+    blocked = 0
+
+    def check(line: str) -> bool:
+        nonlocal blocked
+        if _TASK_FAILED.search(line):
+            return True
+        if _BLOCKED.search(line):
+            blocked += 1
+        return blocked >= _BLOCKED_REPORTS
+
+    return check
+
+
+def _has_schema(db: Path) -> bool:
+    if not db.is_file():
+        return False
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return con.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+    finally:
+        con.close()
+
+
+def _kill_group(proc: subprocess.Popen[str], grace: float = 0.0) -> None:
+    """Wait up to ``grace`` seconds for ``proc``'s process group to exit by itself (Spark's
+    JVM stops, and cleans its temp dirs, once the Python driver is gone), then SIGTERM,
+    then SIGKILL what is left. The group is ours: the command was started with
+    ``start_new_session``, so the group id is its pid."""
+
+    def wait_empty(seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while True:
+            proc.poll()  # reap the leader, or the group never looks empty
+            try:
+                os.killpg(proc.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+
+    if wait_empty(grace):
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        if wait_empty(5.0):
+            return
+
+
+def _excerpt(output: str) -> str:
+    """The first task error (the end of its traceback) and the last lines of a log."""
+    lines = [ln for ln in output.rstrip().splitlines() if not _NOISE.search(ln)]
+    tail = "--- last lines ---\n" + "\n".join(lines[-_LOG_TAIL_LINES:])
+    stuck = [ln for ln in output.splitlines() if "No tasks to run. unrunnable tasks" in ln]
+    if stuck:  # once, not once a second
+        tail += f"\n{stuck[-1]}  [{len(stuck)}x]"
+    first = next((i for i, ln in enumerate(lines) if _FIRST_ERROR.search(ln)), None)
+    if first is None:
+        return tail
+    end = next((i for i in range(first + 1, len(lines)) if _LOG_RECORD.match(lines[i])), len(lines))
+    # Java frames of a Py4JJavaError say nothing the Java exception line does not.
+    block = [ln for ln in lines[first:end] if not _JAVA_FRAME.match(ln)]
+    if len(block) > _ERROR_LINES:
+        block = [block[0], "  [...]", *block[-(_ERROR_LINES - 2) :]]
+    return "--- first error ---\n" + "\n".join(block) + "\n" + tail
+
+
+def _hint(output: str) -> str:
+    if "new_state=up_for_retry" in output:
+        return (
+            " A task failed and was waiting for its retry (see the first error below); "
+            "fix it and re-run the day."
+        )
+    if "No tasks to run. unrunnable tasks" in output:
+        return (
+            " Some tasks never became runnable: with depends_on_past, a day only runs after "
+            "the previous day's run succeeded (run the days in order, or clear the failed day)."
+        )
+    if "could not be found" in output and "Dag" in output:
+        return f" The DAG did not parse; check `airflow dags list-import-errors` ({DAGS_FOLDER})."
+    return ""

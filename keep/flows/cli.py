@@ -1,0 +1,488 @@
+"""``keep``: the command line of the KEEP platform.
+
+Every command is a thin wrapper over a function of ``keep.flows.pipeline`` (the same ones
+the Airflow DAG calls). Settings come from ``keep.yaml`` / ``KEEP_*`` variables; see
+``keep config``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import yaml
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from keep.core.config import load_settings
+from keep.core.errors import KeepError
+from keep.core.time import days
+
+app = typer.Typer(
+    name="keep",
+    help="KEEP: knowledge extraction from long-history impression logs, plugged into CTR models.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+# Tables stay readable in logs and CI, where there is no terminal to size them by.
+out = Console(width=None if sys.stdout.isatty() else 110)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Via(enum.StrEnum):
+    local = "local"
+    airflow = "airflow"
+
+
+DateOpt = Annotated[
+    dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Logical day (UTC), YYYY-MM-DD.")
+]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+        force=True,
+    )
+    for noisy in (
+        "py4j",
+        "py4j.clientserver",
+        "py4j.java_gateway",
+        "great_expectations",
+        "urllib3",
+        "filelock",
+        "feast",
+    ):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _friendly(fn: F) -> F:
+    """Print expected failures (KeepError) as one clear message and exit with code 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KeepError as exc:
+            console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    _setup_logging(verbose)
+
+
+@app.command("config")
+@_friendly
+def show_config() -> None:
+    """Print the effective settings (file + environment overrides) as YAML."""
+    settings = load_settings()
+    out.print(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), end="")
+
+
+@app.command()
+@_friendly
+def generate(
+    start: DateOpt,
+    end: Annotated[
+        dt.datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="Last day (default: --start)."),
+    ] = None,
+) -> None:
+    """Write synthetic raw files (impressions, users, items) for a range of days."""
+    from keep.sources import generator
+
+    settings = load_settings()
+    span = days(start.date(), (end or start).date())
+    with _progress() as progress:
+        task = progress.add_task("generate", total=len(span))
+        for ds in span:
+            paths = generator.write_day(settings, ds)
+            progress.update(task, advance=1, description=f"generate {ds}")
+    out.print(
+        f"wrote {len(span)} day(s) under {settings.lake.raw_root} (last: {paths['impressions']})"
+    )
+
+
+@app.command()
+@_friendly
+def ingest(ds: DateOpt) -> None:
+    """Ingest one day of raw files into the Delta lake (bronze, dim, quarantine)."""
+    from keep.flows import pipeline
+
+    counts = pipeline.ingest(load_settings(), ds.date())
+    table = _counts_table(f"ingest {ds.date()}")
+    for c in counts.values():
+        table.add_row(c.source, *_count_cells(c))
+    out.print(table)
+
+
+@app.command()
+@_friendly
+def validate(ds: DateOpt) -> None:
+    """Run the Great Expectations gate on one day; exit 2 with a summary if it fails."""
+    from keep.flows import pipeline
+
+    report = pipeline.validate(load_settings(), ds.date())
+    out.print(report.summary())
+
+
+@app.command()
+@_friendly
+def aggregate(ds: DateOpt) -> None:
+    """Update the silver state (sequences, counters) of one day from the day before, then gate it."""
+    from keep.flows import pipeline
+
+    settings = load_settings()
+    rows = pipeline.aggregate(settings, ds.date())
+    out.print(_rows_table(f"aggregate {ds.date()}", rows))
+    out.print(pipeline.validate_state(settings, ds.date()).summary())
+
+
+@app.command()
+@_friendly
+def samples(ds: DateOpt) -> None:
+    """Build the gold samples of one day (state as of the day before), then gate them."""
+    from keep.flows import pipeline
+
+    settings = load_settings()
+    rows = pipeline.samples(settings, ds.date())
+    out.print(_rows_table(f"samples {ds.date()}", rows))
+    out.print(pipeline.validate_samples(settings, ds.date()).summary())
+
+
+@app.command()
+@_friendly
+def backfill(
+    start: DateOpt,
+    end: Annotated[
+        dt.datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="Last changed day (default: --start)."),
+    ] = None,
+) -> None:
+    """Recompute state and samples from --start, through --end, and every later day that
+    depends on them, in order, with every gate.
+
+    This, not Airflow's scheduler-driven backfill, is the supported way to repair history:
+    re-ingest the changed days (`keep ingest --ds D`), then `keep backfill --start D`.
+    """
+    from keep.flows import pipeline
+
+    settings = load_settings()
+    first, last = start.date(), (end or start).date()
+    with _progress() as progress:
+        task = progress.add_task("backfill", total=None)
+
+        def on_day(ds: dt.date) -> None:
+            progress.update(task, description=f"backfill {ds}", advance=1)
+
+        span = pipeline.backfill(settings, first, last, on_day=on_day)
+    out.print(f"recomputed {len(span)} day(s): {span[0]} .. {span[-1]}")
+
+
+@app.command()
+@_friendly
+def pretrain(
+    ds: DateOpt,
+    full_retrain: Annotated[
+        bool,
+        typer.Option(
+            "--full-retrain",
+            help="Train from scratch over pretrain.full_retrain_days days ending with --ds "
+            "(starts a new lineage) instead of warm-starting from the day before.",
+        ),
+    ] = False,
+) -> None:
+    """Pre-train the multi-task model on one day (warm start from the day before's checkpoint).
+
+    Distributed: `python -m torch.distributed.run --nproc_per_node=2 -m models.pretrain.ddp
+    --ds D` runs the same training with DDP (see docs/pretrain.md).
+    """
+    from models.pretrain.train import pretrain_day
+
+    result = pretrain_day(load_settings(), ds.date(), full_retrain=full_retrain, progress=True)
+    table = Table(title=f"pretrain {ds.date()}: {result.mode}, lineage {result.lineage}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in sorted(result.metrics.items()):
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    out.print(table)
+    out.print(f"checkpoint: {result.checkpoint_path}")
+
+
+@app.command("export-knowledge")
+@_friendly
+def export_knowledge(ds: DateOpt) -> None:
+    """Export day D's knowledge snapshot (user, item, user x category), then gate it."""
+    from keep.flows import pipeline
+
+    settings = load_settings()
+    result = pipeline.export_knowledge(settings, ds.date())
+    out.print(_rows_table(f"knowledge {result.lineage} / {ds.date()}", result.rows))
+    out.print(f"manifest: {result.manifest_path}")
+    out.print(pipeline.validate_knowledge(settings, ds.date()).summary())
+
+
+@app.command()
+@_friendly
+def publish(ds: DateOpt) -> None:
+    """Publish day D's gated knowledge snapshot to Feast's online store (atomic switch)."""
+    from keep.flows import pipeline
+
+    info = pipeline.publish_knowledge(load_settings(), ds.date())
+    out.print_json(data=pipeline.to_json(info))
+
+
+@app.command()
+@_friendly
+def rollback() -> None:
+    """Make the previously live knowledge snapshot live again (one pointer switch)."""
+    from keep.store.publication import rollback as roll_back
+
+    settings = load_settings()
+    out.print_json(data=roll_back(settings))
+
+
+@app.command("training-set")
+@_friendly
+def training_set(
+    start: DateOpt,
+    end: Annotated[
+        dt.datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="Last day (default: --start)."),
+    ] = None,
+    lineage: Annotated[
+        str | None,
+        typer.Option(help="Knowledge lineage to join (default: the live one in Feast)."),
+    ] = None,
+) -> None:
+    """Downstream training set: the downstream samples joined point-in-time with knowledge
+    and counters through Feast (`downstream_ctr_v1`), every sample kept, one day at a time,
+    into Delta gold.downstream_training_set."""
+    from keep.store.publication import live_snapshot
+    from keep.store.training_sets import write_training_set
+
+    settings = load_settings()
+    chosen = lineage or (live_snapshot(settings) or {}).get("lineage")
+    if not chosen:
+        raise KeepError("no live knowledge in Feast yet: publish a snapshot or pass --lineage")
+    first, last = start.date(), (end or start).date()
+    rows = write_training_set(settings, first, last, lineage=chosen)
+    out.print(_rows_table(f"training set {first} .. {last}, lineage {chosen}", rows))
+
+
+redis = typer.Typer(help="A private redis-server for Feast's Redis online store (127.0.0.1).")
+app.add_typer(redis, name="redis")
+
+
+@redis.command("start")
+@_friendly
+def redis_start(
+    directory: Annotated[Path, typer.Option("--dir", help="Its data, pid and log folder.")] = Path(
+        "var/redis"
+    ),
+) -> None:
+    """Start Debian's redis-server on 127.0.0.1 (free port, protected mode); prints the
+    connection string to put in KEEP_FEAST__REDIS_CONNECTION."""
+    from keep.store.redis_server import start as start_server
+
+    server = start_server(directory.resolve())
+    out.print(f"redis-server pid {server.pid}: {server.connection_string}")
+
+
+@redis.command("stop")
+@_friendly
+def redis_stop(
+    directory: Annotated[Path, typer.Option("--dir", help="The folder given to start.")] = Path(
+        "var/redis"
+    ),
+) -> None:
+    """Stop the redis-server started with the same --dir (by its PID)."""
+    from keep.store.redis_server import stop_dir
+
+    stopped = stop_dir(directory.resolve())
+    out.print("stopped" if stopped else f"no redis-server running for {directory}")
+
+
+@app.command("import-taobao")
+@_friendly
+def import_taobao(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder with raw_sample.csv (+ behavior_log.csv, ad_feature.csv, user_profile.csv)."
+        ),
+    ],
+    negatives_per_positive: Annotated[
+        int, typer.Option(help="Sampled non-clicked impressions per behaviour-log row.")
+    ] = 1,
+    chunksize: Annotated[
+        int, typer.Option(help="Rows read at a time (bounds memory).")
+    ] = 1_000_000,
+) -> None:
+    """Convert the public Taobao display-ad data set into the raw format (docs/taobao.md)."""
+    from keep.sources.taobao import import_taobao as run_import
+
+    summary = run_import(
+        load_settings(), source, negatives_per_positive=negatives_per_positive, chunksize=chunksize
+    )
+    rows = summary.summary_rows()
+    table = Table(title=f"Taobao import: {len(summary.days)} day(s)")
+    for name in rows[0]:
+        table.add_column(str(name))
+    for row in rows:
+        table.add_row(*[str(v) for v in row.values()])
+    out.print(table)
+
+
+@app.command()
+@_friendly
+def run(
+    start: Annotated[
+        dt.datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="First day (default: pipeline.start_ds)."),
+    ] = None,
+    end: Annotated[
+        dt.datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="Last day (default: pipeline.end_ds)."),
+    ] = None,
+    land: Annotated[
+        bool | None,
+        typer.Option(
+            "--land/--no-land",
+            help="Generate the day's raw files first (default: airflow.demo_mode).",
+        ),
+    ] = None,
+    via: Annotated[
+        Via,
+        typer.Option(
+            help="local: call the pipeline functions in this process; "
+            "airflow: run each day through the real DAG with `airflow dags test`.",
+        ),
+    ] = Via.local,
+) -> None:
+    """Run the daily pipeline for a range of days, in order, and summarise it.
+
+    Both ways run exactly the functions the Airflow DAG's tasks call. Stops at the first
+    failed day, because every day's state depends on the day before.
+    """
+    from keep.flows import pipeline
+
+    settings = load_settings()
+    first = start.date() if start else settings.pipeline.start_ds
+    last = end.date() if end else settings.pipeline.end_ds
+    span = days(first, last)
+    results: list[pipeline.DayResult] = []
+    began = time.monotonic()
+    with _progress() as progress:
+        task = progress.add_task("run", total=len(span))
+        for ds in span:
+            progress.update(task, description=f"day {ds}")
+            if via is Via.airflow:
+                result = pipeline.run_day_airflow(settings, ds)
+            else:
+                result = pipeline.run_day(settings, ds, land=land)
+            results.append(result)
+            progress.update(task, advance=1)
+            if not result.ok:
+                break
+    out.print(_summary_table(results))
+    out.print(
+        f"{len(results)} day(s) in {time.monotonic() - began:.0f} s; lake: {settings.lake.root}"
+    )
+    failed = [r for r in results if not r.ok]
+    if failed:
+        console.print(f"[bold red]{failed[0].ds} failed:[/]\n{failed[0].gate_summary}")
+        raise typer.Exit(code=1)
+
+
+def _rows_table(title: str, rows: dict[str, int]) -> Table:
+    table = Table(title=title)
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, count in rows.items():
+        table.add_row(name, f"{count:,}")
+    return table
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _counts_table(title: str) -> Table:
+    table = Table(title=title)
+    for name in ("source", "rows in", "stored", "quarantined", "duplicates", "quarantine %"):
+        table.add_column(name, justify="right" if name != "source" else "left")
+    return table
+
+
+def _count_cells(c: Any) -> list[str]:
+    return [
+        f"{c.rows_in:,}",
+        f"{c.rows_stored:,}",
+        f"{c.rows_quarantined:,}",
+        f"{c.duplicates:,}",
+        f"{100 * c.quarantine_rate:.2f}",
+    ]
+
+
+def _summary_table(results: list[Any]) -> Table:
+    table = Table(title="keep run: impressions per day")
+    names = (
+        "day",
+        "rows in",
+        "stored",
+        "quarantined",
+        "duplicates",
+        "quarantine %",
+        "samples",
+        "click AUC",
+        "lineage",
+        "gates",
+    )
+    for name in names:
+        left = name in ("day", "gates", "lineage")
+        table.add_column(name, justify="left" if left else "right")
+    for r in results:
+        imp = r.counts.get("impressions")
+        cells = _count_cells(imp) if imp else ["-"] * 5
+        gate = "[green]passed[/]" if r.ok else "[red]FAILED[/]"
+        table.add_row(
+            str(r.ds),
+            *cells,
+            f"{r.samples:,}" if r.samples is not None else "-",
+            f"{r.click_auc:.4f}" if r.click_auc is not None else "-",
+            r.lineage or "-",
+            gate,
+        )
+    return table
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,329 @@
+"""The daily pipeline's steps, as plain functions, and :data:`STEPS`: step name -> function.
+
+Both the Airflow DAG (``dags/keep_daily_refresh.py``, one task per entry of :data:`STEPS`)
+and ``keep run`` call exactly these functions, so a day run by hand and a day run by
+Airflow are the same thing. Each step takes the settings and the logical day ``ds`` and
+is idempotent per day.
+
+Importing this module is cheap (Airflow parses the DAG file often): each step imports the
+job, gate or model it runs (Spark, Great Expectations, torch, Feast) when it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from keep.core.config import Settings
+from keep.core.errors import GateFailed, InputError
+from keep.core.tables import INGEST_AUDIT, PRETRAIN_SAMPLES, SourceCounts, sample_specs
+from keep.core.time import days
+from keep.lake import delta, raw_format
+
+if TYPE_CHECKING:
+    from keep.quality.ge import GateReport
+
+log = logging.getLogger(__name__)
+
+
+def land_raw(settings: Settings, ds: dt.date) -> dict[str, Path]:
+    """Demo mode (``airflow.demo_mode``): write the day's raw files with the generator.
+
+    Otherwise the files come from the logging systems: check that they have landed.
+    """
+    if settings.airflow.demo_mode:
+        from keep.sources import generator
+
+        return generator.write_day(settings, ds)
+    landed = raw_format.day_files(settings, "impressions", ds)
+    if not landed:
+        raise InputError(
+            f"No raw impression files for {ds} in "
+            f"{raw_format.day_dir(settings, 'impressions', ds)} (demo_mode is off)."
+        )
+    return {f"impressions/{p.name}": p for p in landed}
+
+
+def ingest(settings: Settings, ds: dt.date) -> dict[str, SourceCounts]:
+    """Raw files of ``ds`` -> bronze / dim Delta partitions of ``ds`` (+ quarantine, audit)."""
+    from keep.lake.spark import get_spark
+    from spark_jobs.ingest import run_ingest
+
+    return run_ingest(get_spark(settings), settings, ds)
+
+
+def _gate(report: GateReport) -> GateReport:
+    if not report.success:
+        raise GateFailed(report.summary())
+    return report
+
+
+def validate(settings: Settings, ds: dt.date) -> GateReport:
+    """Gate on the day's bronze partition and dimensions; raises GateFailed with a summary."""
+    from keep.lake.spark import get_spark
+    from keep.quality.lake_gates import validate_ingest
+
+    return _gate(validate_ingest(get_spark(settings), settings, ds))
+
+
+def aggregate(settings: Settings, ds: dt.date) -> dict[str, int]:
+    """Silver state as of the end of ``ds`` from the state of ``ds - 1`` plus bronze ``ds``."""
+    from keep.lake.spark import get_spark
+    from spark_jobs.aggregate import run_aggregate
+
+    return run_aggregate(get_spark(settings), settings, ds)
+
+
+def validate_state(settings: Settings, ds: dt.date) -> GateReport:
+    """Gate on the silver state of ``ds``; raises GateFailed with a summary."""
+    from keep.lake.spark import get_spark
+    from keep.quality.lake_gates import validate_state as gate
+
+    return _gate(gate(get_spark(settings), settings, ds))
+
+
+def samples(settings: Settings, ds: dt.date) -> dict[str, int]:
+    """Gold samples of ``ds``: its impressions with the state as of the end of ``ds - 1``."""
+    from keep.lake.spark import get_spark
+    from spark_jobs.samples import run_samples
+
+    return run_samples(get_spark(settings), settings, ds)
+
+
+def validate_samples(settings: Settings, ds: dt.date) -> GateReport:
+    """Gate on the gold samples of ``ds``; raises GateFailed with a summary."""
+    from keep.lake.spark import get_spark
+    from keep.quality.lake_gates import validate_samples as gate
+
+    return _gate(gate(get_spark(settings), settings, ds))
+
+
+def pretrain(settings: Settings, ds: dt.date) -> Any:
+    """Pre-train on the samples of ``ds``, warm-started from the checkpoint of ``ds - 1``
+    (a new lineage from scratch when there is none); evaluates on ``ds`` before training."""
+    from models.pretrain.train import pretrain_day
+
+    return pretrain_day(settings, ds, progress=False)
+
+
+def export_knowledge(settings: Settings, ds: dt.date) -> Any:
+    """Knowledge snapshot of ``ds`` (user, item, user x category) from its checkpoint."""
+    from models.pretrain.export import export_knowledge as export
+
+    return export(settings, ds)
+
+
+def _snapshot_lineage(settings: Settings, ds: dt.date) -> str:
+    from models.pretrain.checkpoint import load_checkpoint
+
+    return load_checkpoint(settings, ds).lineage
+
+
+def validate_knowledge(settings: Settings, ds: dt.date) -> GateReport:
+    """Gate on the knowledge snapshot of ``ds``; its report is recorded in the snapshot's
+    manifest (publication reads it there); raises GateFailed with a summary."""
+    from keep.lake import knowledge
+    from keep.quality.knowledge_gate import validate_knowledge as gate
+
+    lineage = _snapshot_lineage(settings, ds)
+    report = gate(settings, ds, lineage)
+    manifest = knowledge.read_manifest(settings, lineage, ds)
+    if manifest is None:
+        raise InputError(f"no manifest for knowledge snapshot {lineage}/{ds}: export it first")
+    knowledge.write_manifest(settings, lineage, ds, {**manifest, "gate": report.to_dict()})
+    return _gate(report)
+
+
+def publish_knowledge(settings: Settings, ds: dt.date) -> dict[str, Any]:
+    """Publish the gated snapshot of ``ds`` to Feast's online store (non-live blue/green
+    slot, then one pointer switch); returns what the knowledge Asset event carries.
+
+    Refuses a snapshot whose manifest holds no passed gate report (a re-export after the
+    gate rewrites the manifest without one)."""
+    from keep.lake import knowledge
+    from keep.store.feast_repo import apply_repo
+    from keep.store.publication import publish_knowledge as publish
+
+    lineage = _snapshot_lineage(settings, ds)
+    manifest = knowledge.read_manifest(settings, lineage, ds) or {}
+    gate_report = manifest.get("gate") or {"success": False, "ds": ds.isoformat()}
+    # `feast apply` is idempotent: the registry follows feature_repo/ at every publication.
+    store = apply_repo(settings)
+    return publish(settings, ds, lineage, gate=gate_report, store=store)
+
+
+Step = Callable[[Settings, dt.date], Any]
+
+# The daily pipeline, in order: the Airflow DAG has one task per entry (its task id is the
+# name), ``keep run`` calls them one after the other. Each gate (validate*) stops
+# everything after it.
+STEPS: dict[str, Step] = {
+    "land_raw": land_raw,
+    "ingest": ingest,
+    "validate": validate,
+    "aggregate": aggregate,
+    "validate_state": validate_state,
+    "samples": samples,
+    "validate_samples": validate_samples,
+    "pretrain": pretrain,
+    "export_knowledge": export_knowledge,
+    "validate_knowledge": validate_knowledge,
+    "publish_knowledge": publish_knowledge,
+}
+
+
+def run_step(settings: Settings, name: str, ds: dt.date) -> dict[str, Any]:
+    """Run step ``name`` of :data:`STEPS` for ``ds``; its result as JSON-ready data
+    (what an Airflow task returns as its XCom)."""
+    if name not in STEPS:
+        raise InputError(f"unknown step {name!r}; steps: {', '.join(STEPS)}")
+    return {"ds": ds.isoformat(), "step": name, "result": to_json(STEPS[name](settings, ds))}
+
+
+def to_json(value: Any) -> Any:
+    """Dataclasses, reports, dates and paths as plain JSON values."""
+    if hasattr(value, "to_dict"):
+        return to_json(value.to_dict())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_json(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [to_json(v) for v in value]
+    if isinstance(value, dt.date | Path):
+        return str(value)
+    if isinstance(value, float | int | str | bool) or value is None:
+        return value
+    return str(value)
+
+
+def backfill(
+    settings: Settings,
+    start: dt.date,
+    end: dt.date,
+    on_day: Callable[[dt.date], None] | None = None,
+    *,
+    gates_on: bool = True,
+) -> list[dt.date]:
+    """Recompute state and samples from ``start`` through ``end`` and every later day that
+    depends on them (up to the last day that has state), in order, gates included.
+
+    Use it after re-ingesting past days: ``keep ingest --ds D`` then
+    ``keep backfill --start D --end D``. ``gates_on=False`` skips the gates (tests of the
+    recomputation itself; the gates have their own tests).
+    """
+    from spark_jobs.aggregate import state_days
+
+    last = max([end, *state_days(settings)])
+    span = days(start, last)
+    for ds in span:
+        if on_day is not None:
+            on_day(ds)
+        aggregate(settings, ds)
+        if gates_on:
+            validate_state(settings, ds)
+        samples(settings, ds)
+        if gates_on:
+            validate_samples(settings, ds)
+    return span
+
+
+@dataclass
+class DayResult:
+    """What one day's run did (the rows of ``keep run``'s summary table)."""
+
+    ds: dt.date
+    counts: dict[str, SourceCounts] = field(default_factory=dict)
+    samples: int | None = None
+    lineage: str | None = None
+    # Held-out click AUC: yesterday's model on this day's samples, before training on them.
+    click_auc: float | None = None
+    gate_passed: bool = False
+    gate_summary: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.gate_passed
+
+
+def run_day(settings: Settings, ds: dt.date, *, land: bool | None = None) -> DayResult:
+    """Run every step for ``ds`` in this process, in order (what the DAG's tasks do)."""
+    result = DayResult(ds=ds)
+    if land if land is not None else settings.airflow.demo_mode:
+        land_raw(settings, ds)
+    try:
+        for name in list(STEPS)[1:]:
+            outcome = run_step(settings, name, ds)["result"]
+            if name == "ingest":
+                result.counts = ingest_counts(outcome)
+            elif name == "samples":
+                result.samples = outcome[PRETRAIN_SAMPLES]
+            elif name == "pretrain":
+                result.click_auc = outcome.get("metrics", {}).get("click_auc")
+                result.lineage = outcome.get("lineage")
+    except GateFailed as failed:
+        result.gate_summary = str(failed)
+        return result
+    result.gate_passed = True
+    result.gate_summary = f"all gates passed for {ds}"
+    return result
+
+
+def ingest_counts(outcome: dict[str, Any]) -> dict[str, SourceCounts]:
+    names = SourceCounts.__dataclass_fields__
+    return {src: SourceCounts(**{k: c[k] for k in names}) for src, c in outcome.items()}
+
+
+def run_day_airflow(settings: Settings, ds: dt.date) -> DayResult:
+    """Run ``ds`` through the real DAG (``airflow dags test``), then read back its audit."""
+    from keep.flows.airflow_env import AirflowCommandError, dags_test, task_states
+
+    try:
+        dags_test(settings, ds, fail_fast=True)
+    except AirflowCommandError as exc:
+        return DayResult(ds=ds, counts=audit_counts(settings, ds), gate_summary=str(exc))
+    states = task_states(settings, ds)
+    passed = all(states.get(step) == "success" for step in STEPS)
+    lineage, click_auc = held_out_click_auc(settings, ds)
+    return DayResult(
+        ds=ds,
+        counts=audit_counts(settings, ds),
+        samples=delta.partition_rows(settings, sample_specs(settings.aggregate.windows)[0], ds),
+        lineage=lineage,
+        click_auc=click_auc,
+        gate_passed=passed,
+        gate_summary=f"Airflow task states for {ds}: {states}",
+    )
+
+
+def held_out_click_auc(settings: Settings, ds: dt.date) -> tuple[str | None, float | None]:
+    """The current lineage and its held-out click AUC on ``ds`` (from the day's metrics file)."""
+    from models.pretrain.checkpoint import current_lineage, metrics_path
+
+    lineage = current_lineage(settings)
+    if lineage is None:
+        return None, None
+    path = metrics_path(settings, lineage, ds)
+    if not path.is_file():
+        return lineage, None
+    held_out = json.loads(path.read_text()).get("eval") or {}
+    auc = held_out.get("click_auc")
+    return lineage, float(auc) if auc is not None else None
+
+
+def audit_counts(settings: Settings, ds: dt.date) -> dict[str, SourceCounts]:
+    """The day's rows of bronze.ingest_audit, read with delta-rs (no JVM)."""
+    from deltalake import DeltaTable
+
+    if not delta.table_exists(settings, INGEST_AUDIT):
+        return {}
+    table = DeltaTable(str(delta.table_path(settings, INGEST_AUDIT)))
+    rows = table.to_pyarrow_table(filters=[("ds", "=", ds.isoformat())]).to_pylist()
+    names = SourceCounts.__dataclass_fields__
+    return {r["source"]: SourceCounts(**{k: r[k] for k in names}) for r in rows}

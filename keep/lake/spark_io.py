@@ -1,0 +1,101 @@
+"""Reading and writing the Delta lake with Spark: schemas, partition overwrite, as-of reads.
+
+All writes replace whole ``ds`` partitions (Delta ``replaceWhere``), so re-running a
+day is idempotent and never touches the files of any other day.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.window import Window
+
+from keep.core.config import Settings
+from keep.core.tables import TableSpec
+from keep.lake.delta import table_exists, table_path
+
+
+def spark_type(dtype: pa.DataType) -> T.DataType:
+    """The Spark type of a lake column's pyarrow type (``keep.core.tables``)."""
+    simple: dict[pa.DataType, T.DataType] = {
+        pa.string(): T.StringType(),
+        pa.int64(): T.LongType(),
+        pa.int32(): T.IntegerType(),
+        pa.float64(): T.DoubleType(),
+        pa.float32(): T.FloatType(),
+        pa.bool_(): T.BooleanType(),
+        pa.timestamp("us", tz="UTC"): T.TimestampType(),
+    }
+    if dtype in simple:
+        return simple[dtype]
+    if pa.types.is_list(dtype):
+        return T.ArrayType(spark_type(dtype.value_type), dtype.value_field.nullable)
+    if pa.types.is_struct(dtype):
+        return T.StructType([T.StructField(f.name, spark_type(f.type), f.nullable) for f in dtype])
+    raise TypeError(f"no Spark type for {dtype}")
+
+
+def spark_schema(spec: TableSpec) -> T.StructType:
+    """The table's schema as a Spark ``StructType``, derived from its pyarrow schema."""
+    return T.StructType(
+        [T.StructField(f.name, spark_type(f.type), f.nullable) for f in spec.schema]
+    )
+
+
+def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
+    """Select and cast ``df`` to exactly the table's columns, in order."""
+    return df.select(*[F.col(f.name).cast(spark_type(f.type)).alias(f.name) for f in spec.schema])
+
+
+def read_table(spark: SparkSession, settings: Settings, spec: TableSpec) -> DataFrame:
+    """The whole table, or an empty frame with its schema if it was never written."""
+    if not table_exists(settings, spec):
+        return spark.createDataFrame([], spark_schema(spec))
+    return spark.read.format("delta").load(str(table_path(settings, spec)))
+
+
+def read_partition(
+    spark: SparkSession, settings: Settings, spec: TableSpec, ds: dt.date
+) -> DataFrame:
+    return read_table(spark, settings, spec).where(F.col("ds") == ds.isoformat())
+
+
+def read_days(
+    spark: SparkSession, settings: Settings, spec: TableSpec, first: dt.date, last: dt.date
+) -> DataFrame:
+    """Partitions ``first <= ds <= last`` (partition pruning keeps this O(days read))."""
+    return read_table(spark, settings, spec).where(
+        F.col("ds").between(first.isoformat(), last.isoformat())
+    )
+
+
+def overwrite_partition(df: DataFrame, settings: Settings, spec: TableSpec, ds: dt.date) -> None:
+    """Replace partition ``ds`` of ``spec`` with ``df`` (which must only hold that day).
+
+    A frame without a ``ds`` column gets ``ds`` set to the day.
+    """
+    if "ds" not in df.columns:
+        df = df.withColumn("ds", F.lit(ds.isoformat()))
+    out = conform(df, spec)
+    (
+        out.write.format("delta")
+        .mode("overwrite")
+        .partitionBy(*spec.partition_by)
+        .option("replaceWhere", f"ds = '{ds.isoformat()}'")
+        .save(str(table_path(settings, spec)))
+    )
+
+
+def as_of(df: DataFrame, key: str, ds: dt.date) -> DataFrame:
+    """Per ``key``, the latest row with ``ds <= ds`` (as-of read of a change-log dimension)."""
+    latest = Window.partitionBy(key).orderBy(F.col("ds").desc())
+    return (
+        df.where(F.col("ds") <= ds.isoformat())
+        .withColumn("_rank", F.row_number().over(latest))
+        .where("_rank = 1")
+        .drop("_rank")
+    )

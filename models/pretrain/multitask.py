@@ -1,0 +1,396 @@
+"""The multi-task pre-training model of KEEP's knowledge extraction (docs/pretrain.md).
+
+Small typed modules composed into :class:`MultiTaskModel`::
+
+    hashed ids ──► FeatureEmbeddings (user, item, category, brand, scenario, behaviour type,
+                   gender, age, purchase power, position; hashed buckets, row 0 = padding)
+    behaviour sequence [B,L] ──► BehaviorEncoder ──► keys [B,L,3D] (item|cat|brand),
+                                                     values [B,L,4D] (+ scenario+type)
+    UserTower      (mean-pooled behaviours, user id, profile, u_* counters)   ──► user K
+    ItemTower      (item|cat|brand, log price, i_* counters)                  ──► item K
+    UserCategoryTower (attention over the sequence, query = candidate category, share of
+                       behaviours in that category, uc_* counters)                                        ──► user×cat K
+    TargetAttention (DIN: candidate item over the sequence)                   ──► [B,4D]
+    SharedTower(user K, item K, user×cat K, user K ⊙ item K, DIN, item/brand repeats,
+                scenario, position)
+        ──► three logits: click, cart | click, purchase | click   (see models/pretrain/losses.py)
+
+The three knowledge outputs do not look at the candidate item (the user×category one only
+at its category), so they are cacheable per key and exported by the knowledge job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from keep.core.config import PretrainSettings
+from models.pretrain.features import (
+    ORDINAL_SLOTS,
+    POSITION_SLOTS,
+    BehaviorSeq,
+    ItemBatch,
+    SampleBatch,
+    UserBatch,
+    UserCategoryBatch,
+)
+
+# Bump when the architecture changes in a way that changes the meaning of the knowledge:
+# it is part of the lineage hash.
+ARCHITECTURE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that fixes the model's parameter shapes (and so the knowledge's meaning)."""
+
+    user_buckets: int
+    item_buckets: int
+    category_buckets: int
+    brand_buckets: int
+    scenario_buckets: int
+    embedding_dim: int
+    knowledge_dim: int
+    hidden_dims: tuple[int, ...]
+    user_counters: int
+    item_counters: int
+    user_category_counters: int
+    max_seq_len: int = 50
+    architecture: int = ARCHITECTURE_VERSION
+    counter_names: dict[str, list[str]] = field(default_factory=dict, compare=False, hash=False)
+
+    @classmethod
+    def from_settings(
+        cls, pretrain: PretrainSettings, windows: list[int], max_seq_len: int = 50
+    ) -> ModelConfig:
+        from models.pretrain.features import (
+            ITEM_PREFIX,
+            USER_CATEGORY_PREFIX,
+            USER_PREFIX,
+            counter_columns,
+        )
+
+        names = {
+            "user": counter_columns(USER_PREFIX, windows),
+            "item": counter_columns(ITEM_PREFIX, windows),
+            "user_category": counter_columns(USER_CATEGORY_PREFIX, windows),
+        }
+        return cls(
+            user_buckets=pretrain.user_buckets,
+            item_buckets=pretrain.item_buckets,
+            category_buckets=pretrain.category_buckets,
+            brand_buckets=pretrain.brand_buckets,
+            scenario_buckets=pretrain.scenario_buckets,
+            embedding_dim=pretrain.embedding_dim,
+            knowledge_dim=pretrain.knowledge_dim,
+            hidden_dims=tuple(pretrain.hidden_dims),
+            user_counters=len(names["user"]),
+            item_counters=len(names["item"]),
+            user_category_counters=len(names["user_category"]),
+            max_seq_len=max_seq_len,
+            counter_names=names,
+        )
+
+    def to_json(self) -> dict[str, object]:
+        out = asdict(self)
+        out["hidden_dims"] = list(self.hidden_dims)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> ModelConfig:
+        values = dict(data)
+        values["hidden_dims"] = tuple(values["hidden_dims"])  # type: ignore[arg-type]
+        return cls(**values)  # type: ignore[arg-type]
+
+    def fingerprint(self) -> str:
+        """Hash of the shape-defining fields (counter names included): part of the lineage."""
+        blob = json.dumps(
+            {**self.to_json(), "counter_names": self.counter_names}, sort_keys=True
+        ).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def mlp(sizes: list[int], *, last_activation: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if last_activation or i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class HashedEmbedding(nn.Module):
+    """Embedding of 63-bit id hashes into ``buckets`` rows; hash 0 (missing) -> zero row 0."""
+
+    def __init__(self, buckets: int, dim: int) -> None:
+        super().__init__()
+        if buckets < 2:
+            raise ValueError("an embedding needs at least 2 buckets (row 0 is padding)")
+        self.buckets = buckets
+        # Sparse gradients: a step touches only the rows of the batch's ids, so the optimizer
+        # (SparseAdam, see models/pretrain/optim.py) does not sweep the whole hashed table every step.
+        self.table = nn.Embedding(buckets, dim, padding_idx=0, sparse=True)
+        nn.init.normal_(self.table.weight, std=0.05)
+        with torch.no_grad():
+            self.table.weight[0].zero_()
+
+    def forward(self, hashed: Tensor) -> Tensor:
+        """``hashed``: int64 ``[*]`` (>= 0) -> ``[*, D]``."""
+        rows = torch.where(hashed > 0, hashed % (self.buckets - 1) + 1, torch.zeros_like(hashed))
+        return self.table(rows)
+
+
+class FeatureEmbeddings(nn.Module):
+    """Every sparse feature's table; item/category/brand are shared by sequence and candidate."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.embedding_dim
+        self.user = HashedEmbedding(cfg.user_buckets, d)
+        self.item = HashedEmbedding(cfg.item_buckets, d)
+        self.category = HashedEmbedding(cfg.category_buckets, d)
+        self.brand = HashedEmbedding(cfg.brand_buckets, d)
+        self.scenario = HashedEmbedding(cfg.scenario_buckets, d)
+        self.behavior = nn.Embedding(4, d, padding_idx=0)  # click / cart / purchase
+        self.gender = nn.Embedding(4, d, padding_idx=0)
+        self.age = nn.Embedding(ORDINAL_SLOTS, d, padding_idx=0)
+        self.power = nn.Embedding(ORDINAL_SLOTS, d, padding_idx=0)
+        self.position = nn.Embedding(POSITION_SLOTS, d, padding_idx=0)
+        for emb in (self.behavior, self.gender, self.age, self.power, self.position):
+            nn.init.normal_(emb.weight, std=0.05)
+            with torch.no_grad():
+                emb.weight[0].zero_()
+
+    def item_repr(self, item: Tensor, category: Tensor, brand: Tensor) -> Tensor:
+        """Hashed ``[*]`` ids -> ``[*, 3D]`` (item | category | brand)."""
+        return torch.cat([self.item(item), self.category(category), self.brand(brand)], dim=-1)
+
+
+class BehaviorEncoder(nn.Module):
+    """Behaviour sequence -> attention keys ``[B, L, 3D]`` and values ``[B, L, 4D]``."""
+
+    def __init__(self, emb: FeatureEmbeddings) -> None:
+        super().__init__()
+        self.emb = emb
+
+    def forward(self, seq: BehaviorSeq) -> tuple[Tensor, Tensor]:
+        keys = self.emb.item_repr(seq.item, seq.category, seq.brand)
+        context = self.emb.scenario(seq.scenario) + self.emb.behavior(seq.behavior)
+        return keys, torch.cat([keys, context], dim=-1)
+
+
+class TargetAttention(nn.Module):
+    """DIN-style attention unit: score(q, k) = MLP([q, k, q - k, q * k]), masked softmax.
+
+    Used twice: with the candidate item as query (prediction path) and with the candidate's
+    category as query (cacheable user x category knowledge). Empty sequences give zeros.
+    """
+
+    def __init__(self, dim: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.score = mlp([4 * dim, hidden, 1], last_activation=False)
+
+    def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
+        """``query`` ``[B, Q]``, ``keys`` ``[B, L, Q]``, ``values`` ``[B, L, V]``, ``mask``
+        ``[B, L]`` bool -> ``[B, V]``."""
+        q = query.unsqueeze(1).expand_as(keys)
+        logits = self.score(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)
+        logits = logits.masked_fill(~mask, -1e9)
+        weights = torch.softmax(logits, dim=-1) * mask.any(dim=-1, keepdim=True)
+        return torch.bmm(weights.unsqueeze(1), values).squeeze(1)
+
+
+def match_features(query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+    """How much of the sequence matches the query id: ``[B]`` vs ``[B, L]`` hashes -> ``[B, 2]``
+    (share of behaviours with the same id, log1p of their count). Hashes are compared, so
+    this is exact for ids and never depends on embedding buckets."""
+    hits = ((keys == query.unsqueeze(-1)) & mask & (query.unsqueeze(-1) > 0)).float().sum(-1)
+    length = mask.float().sum(-1).clamp_min(1.0)
+    return torch.stack([hits / length, torch.log1p(hits)], dim=-1)
+
+
+class UserTower(nn.Module):
+    """Candidate-independent user knowledge from pooled behaviours, id, profile and counters."""
+
+    def __init__(self, cfg: ModelConfig, emb: FeatureEmbeddings) -> None:
+        super().__init__()
+        d, k = cfg.embedding_dim, cfg.knowledge_dim
+        self.emb = emb
+        self.counters = nn.Linear(cfg.user_counters, d) if cfg.user_counters else None
+        width = 4 * d + 4 * d + (d if self.counters is not None else 0)
+        self.net = mlp([width, 2 * k, k], last_activation=False)
+
+    def forward(self, user: UserBatch, values: Tensor) -> Tensor:
+        """``values`` ``[B, L, 4D]`` (encoded sequence of ``user``) -> ``[B, K]``."""
+        m = user.seq.mask.unsqueeze(-1).to(values.dtype)
+        pooled = (values * m).sum(1) / m.sum(1).clamp_min(1.0)
+        parts = [
+            pooled,
+            self.emb.user(user.user),
+            self.emb.gender(user.gender),
+            self.emb.age(user.age),
+            self.emb.power(user.power),
+        ]
+        if self.counters is not None:
+            parts.append(torch.relu(self.counters(user.counters)))
+        return self.net(torch.cat(parts, dim=-1))
+
+
+class ItemTower(nn.Module):
+    """Item knowledge from item / category / brand embeddings, log price and counters."""
+
+    def __init__(self, cfg: ModelConfig, emb: FeatureEmbeddings) -> None:
+        super().__init__()
+        d, k = cfg.embedding_dim, cfg.knowledge_dim
+        self.emb = emb
+        self.counters = nn.Linear(cfg.item_counters, d) if cfg.item_counters else None
+        width = 3 * d + 1 + (d if self.counters is not None else 0)
+        self.net = mlp([width, 2 * k, k], last_activation=False)
+
+    def forward(self, item: ItemBatch) -> Tensor:
+        """-> ``[B, K]``."""
+        parts = [
+            self.emb.item_repr(item.item, item.category, item.brand),
+            item.price.unsqueeze(-1),
+        ]
+        if self.counters is not None:
+            parts.append(torch.relu(self.counters(item.counters)))
+        return self.net(torch.cat(parts, dim=-1))
+
+
+class UserCategoryTower(nn.Module):
+    """User x category knowledge: attention over behaviours with the category as the query."""
+
+    def __init__(self, cfg: ModelConfig, emb: FeatureEmbeddings) -> None:
+        super().__init__()
+        d, k = cfg.embedding_dim, cfg.knowledge_dim
+        self.emb = emb
+        # Keys are the behaviours' category embeddings, so the query can be a category alone.
+        self.attention = TargetAttention(d)
+        self.counters = (
+            nn.Linear(cfg.user_category_counters, d) if cfg.user_category_counters else None
+        )
+        width = 4 * d + d + 2 + (d if self.counters is not None else 0)
+        self.net = mlp([width, 2 * k, k], last_activation=False)
+
+    def forward(self, uc: UserCategoryBatch, values: Tensor) -> Tensor:
+        """``values`` ``[B, L, 4D]`` (encoded sequence) -> ``[B, K]``."""
+        query = self.emb.category(uc.category)
+        keys = self.emb.category(uc.seq.category)
+        parts = [
+            self.attention(query, keys, values, uc.seq.mask),
+            query,
+            match_features(uc.category, uc.seq.category, uc.seq.mask),
+        ]
+        if self.counters is not None:
+            parts.append(torch.relu(self.counters(uc.counters)))
+        return self.net(torch.cat(parts, dim=-1))
+
+
+class SharedTower(nn.Module):
+    """Shared hidden layers and the three funnel heads."""
+
+    def __init__(self, width: int, hidden_dims: tuple[int, ...]) -> None:
+        super().__init__()
+        self.body = mlp([width, *hidden_dims], last_activation=True)
+        last = hidden_dims[-1] if hidden_dims else width
+        self.click = nn.Linear(last, 1)
+        self.cart = nn.Linear(last, 1)
+        self.purchase = nn.Linear(last, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x`` ``[B, W]`` -> logits ``[B, 3]``: click, cart | click, purchase | click."""
+        h = self.body(x)
+        return torch.cat([self.click(h), self.cart(h), self.purchase(h)], dim=-1)
+
+
+class MultiTaskModel(nn.Module):
+    """KEEP's pre-training model; knowledge accessors are candidate-independent."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        d, k = cfg.embedding_dim, cfg.knowledge_dim
+        self.emb = FeatureEmbeddings(cfg)
+        self.encoder = BehaviorEncoder(self.emb)
+        self.user_tower = UserTower(cfg, self.emb)
+        self.item_tower = ItemTower(cfg, self.emb)
+        self.user_category_tower = UserCategoryTower(cfg, self.emb)
+        self.din = TargetAttention(3 * d)
+        self.shared = SharedTower(4 * k + 4 * d + 2 * d + 4, cfg.hidden_dims)
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """The hashed embedding tables (sparse gradients)."""
+        return [m.table.weight for m in self.modules() if isinstance(m, HashedEmbedding)]  # type: ignore[misc]
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        sparse = {id(p) for p in self.sparse_parameters()}
+        return [p for p in self.parameters() if id(p) not in sparse]
+
+    def _check(self, names: tuple[str, ...], expected: int, side: str) -> None:
+        if len(names) != expected:
+            wanted = self.config.counter_names.get(side, [])
+            raise ValueError(
+                f"{side} batch has {len(names)} counter columns, the model was trained with "
+                f"{expected} ({wanted[:3]}...): build the table with the same windows."
+            )
+
+    def user_knowledge(self, user: UserBatch) -> Tensor:
+        """User knowledge ``[B, K]`` (never looks at a candidate)."""
+        self._check(user.counter_names, self.config.user_counters, "user")
+        _, values = self.encoder(user.seq)
+        return self.user_tower(user, values)
+
+    def item_knowledge(self, item: ItemBatch) -> Tensor:
+        """Item knowledge ``[B, K]``."""
+        self._check(item.counter_names, self.config.item_counters, "item")
+        return self.item_tower(item)
+
+    def user_category_knowledge(self, uc: UserCategoryBatch) -> Tensor:
+        """User x category knowledge ``[B, K]`` (query: ``uc.category``)."""
+        self._check(uc.counter_names, self.config.user_category_counters, "user_category")
+        _, values = self.encoder(uc.seq)
+        return self.user_category_tower(uc, values)
+
+    def forward(self, batch: SampleBatch) -> Tensor:
+        """Logits ``[B, 3]`` of click, cart | click, purchase | click (see models/pretrain/losses.py)."""
+        self._check(batch.user.counter_names, self.config.user_counters, "user")
+        self._check(batch.item.counter_names, self.config.item_counters, "item")
+        self._check(
+            batch.user_category.counter_names,
+            self.config.user_category_counters,
+            "user_category",
+        )
+        keys, values = self.encoder(batch.user.seq)  # sequence encoded once, used 3 times
+        user_k = self.user_tower(batch.user, values)
+        item_k = self.item_tower(batch.item)
+        uc_k = self.user_category_tower(batch.user_category, values)
+        candidate = self.emb.item_repr(batch.item.item, batch.item.category, batch.item.brand)
+        seq = batch.user.seq
+        din = self.din(candidate, keys, values, seq.mask)
+        # Exact item / brand repeats of the candidate in the sequence (re-purchase, loyalty).
+        repeats = torch.cat(
+            [
+                match_features(batch.item.item, seq.item, seq.mask),
+                match_features(batch.item.brand, seq.brand, seq.mask),
+            ],
+            dim=-1,
+        )
+        x = torch.cat(
+            [
+                user_k,
+                item_k,
+                uc_k,
+                user_k * item_k,
+                din,
+                repeats,
+                self.emb.scenario(batch.scenario),
+                self.emb.position(batch.position),
+            ],
+            dim=-1,
+        )
+        return self.shared(x)
