@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,9 +39,16 @@ def tree_rss(proc: psutil.Process) -> int:
 
 
 def run_measured(
-    cmd: list[str], env: dict[str, str] | None = None, timeout: float = 3600
+    cmd: list[str],
+    env: dict[str, str] | None = None,
+    timeout: float = 3600,
+    echo: Callable[[str], bool] | None = None,
 ) -> Measured:
-    """Run ``cmd``; return wall time and the peak RSS of its process tree."""
+    """Run ``cmd``; return wall time and the peak RSS of its process tree.
+
+    ``echo``: print the child's output lines for which it is true as they come (long runs
+    show their progress); the output kept is then the last 200 lines.
+    """
     full_env = {**os.environ, **(env or {})}
     began = time.perf_counter()
     proc = subprocess.Popen(
@@ -61,7 +69,17 @@ def run_measured(
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    output, _ = proc.communicate(timeout=timeout)
+    if echo is None:
+        output, _ = proc.communicate(timeout=timeout)
+    else:
+        tail: list[str] = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail = [*tail[-200:], line]
+            if echo(line):
+                print(f"  | {line}", end="", flush=True)
+        proc.wait(timeout=timeout)
+        output = "".join(tail)
     wall = time.perf_counter() - began
     stop.set()
     sampler.join()

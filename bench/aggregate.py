@@ -53,17 +53,14 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import psutil
-from _common import PYTHON, REPO, Measured, tree_rss, write_report
+from _common import PYTHON, REPO, Measured, run_measured, write_report
 
 EPOCH = dt.date(2026, 1, 1)  # the generator's default epoch
 HEADLINE = (
@@ -149,29 +146,18 @@ def events_with_category(spark: Any, settings: Any, last: dt.date) -> Any:
 
 def full_recompute(spark: Any, settings: Any, ds: dt.date, out_root: Path) -> dict[str, Any]:
     """State of ``ds`` from the whole bronze history (reference functions); Delta writes."""
-    from pyspark.sql import functions as F
-
-    from keep.core.tables import COUNTERS, ENTITIES, USER_BEHAVIOR, stats_spec
+    from keep.core.tables import ENTITIES, USER_BEHAVIOR, stats_spec
     from keep.lake import spark_io as lake
-    from spark_jobs.aggregate import full_sequences, full_stats
+    from spark_jobs.aggregate import daily_counts, full_sequences, full_stats
 
     agg = settings.aggregate
     began = time.perf_counter()
     events = events_with_category(spark, settings, ds).cache()
     written: dict[str, Any] = {}
     try:
-        for entity, keys in ENTITIES.items():
-            rows = (
-                events.where(F.col("category_id").isNotNull()) if "category_id" in keys else events
-            )
-            # What daily_counts computes, per day (``ds`` kept as a key).
-            history = rows.groupBy(*keys, "ds").agg(
-                F.count(F.lit(1)).cast("long").alias(COUNTERS[0]),
-                *[
-                    F.sum(c).cast("long").alias(n)
-                    for c, n in zip(("click", "cart", "purchase"), COUNTERS[1:], strict=True)
-                ],
-            )
+        for entity in ENTITIES:
+            # The daily job's counters, for every day of the history at once.
+            history = daily_counts(events, entity, by=("ds",))
             spec = stats_spec(entity, agg.windows)
             stats = full_stats(
                 history,
@@ -383,47 +369,16 @@ def measure(days: int, short_days: int, repeats: int, out: Path, overlap: bool) 
 
 
 def run_streaming(cmd: list[str], env: dict[str, str]) -> Measured:
-    """Like ``_common.run_measured`` (wall time, peak RSS of the process tree), but the
-    child's output is echoed as it comes: the history build takes a long time."""
-    began = time.perf_counter()
-    proc = subprocess.Popen(
+    """``_common.run_measured`` echoing the child's progress lines as they come (the
+    history build takes a long time); Spark's and Java's noise is not echoed."""
+    return run_measured(
         cmd,
-        env={**os.environ, **env},
-        cwd=REPO,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        ps = psutil.Process(proc.pid)
-        while not stop.is_set():
-            try:
-                peak = max(peak, tree_rss(ps))
-            except psutil.Error:
-                return
-            time.sleep(0.1)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    tail: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        tail = [*tail[-200:], line]
-        if not line.startswith(
-            (" ", "\t", "WARNING", "Using Spark", "Setting default", "To adjust")
-        ):
-            print(f"  | {line}", end="", flush=True)
-    proc.wait()
-    stop.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{''.join(tail[-60:])}")
-    return Measured(
-        wall_s=time.perf_counter() - began, peak_rss_mb=peak / 2**20, output="".join(tail)
+        env,
+        echo=lambda line: (
+            not line.startswith(
+                (" ", "\t", "WARNING", "Using Spark", "Setting default", "To adjust")
+            )
+        ),
     )
 
 

@@ -23,7 +23,7 @@ Feast's hash per key); the live slot is picked after the reply. The transaction 
 so a pointer switch cannot fall between the pointer read and the feature reads.
 SQLite (in-process, no network): the pointer, one query per entity view through Feast's
 ``online_read``, and the pointer again -- if a switch happened meanwhile, read again. Results equal ``FeatureStore.get_online_features`` on the
-live slot views (tests/keep/test_retrieval.py).
+live slot views (tests/serving/test_retrieval.py).
 """
 
 from __future__ import annotations

@@ -59,15 +59,18 @@ def with_category(impressions: DataFrame, items_as_of: DataFrame) -> DataFrame:
 # --------------------------------------------------------------------------- counters
 
 
-def daily_counts(impressions: DataFrame, entity: str) -> DataFrame:
-    """One day's counters per key of ``entity`` (impressions must carry ``category_id``)."""
+def daily_counts(impressions: DataFrame, entity: str, *, by: tuple[str, ...] = ()) -> DataFrame:
+    """One day's counters per key of ``entity`` (impressions must carry ``category_id``).
+
+    ``by``: extra grouping columns, e.g. ``("ds",)`` for every day of a history at once.
+    """
     keys = ENTITIES[entity]
     rows = (
         impressions.where(F.col("category_id").isNotNull())
         if "category_id" in keys
         else impressions
     )
-    return rows.groupBy(*keys).agg(
+    return rows.groupBy(*keys, *by).agg(
         F.count(F.lit(1)).cast("long").alias("impressions"),
         F.sum("click").cast("long").alias("clicks"),
         F.sum("cart").cast("long").alias("carts"),

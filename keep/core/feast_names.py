@@ -96,5 +96,5 @@ def repo_params(env: Mapping[str, str] | None = None) -> RepoParams:
 
 
 def source_table_path(params: RepoParams, spec: TableSpec) -> str:
-    """Absolute path of a lake table (same layout as keep.lake.spark_io.table_path)."""
+    """Absolute path of a lake table (same layout as keep.lake.delta.table_path)."""
     return str(params.lake_root / spec.layer / spec.table)
