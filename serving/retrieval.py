@@ -40,7 +40,7 @@ from keep.core.errors import InputError
 from keep.core.feast_names import SLOTS, slot_view_name, vector_feature
 from keep.core.tables import ENTITIES
 from keep.store.feast_repo import get_store
-from keep.store.publication import _live_from_state, _Pointer
+from keep.store.publication import Pointer, live_from_state
 
 if TYPE_CHECKING:
     import torch
@@ -93,7 +93,7 @@ class KnowledgeRetriever:
         self.store = store or get_store(settings)
         self.dim = settings.pretrain.knowledge_dim
         self.kind = settings.feast.online_store
-        self._pointer = _Pointer(settings, self.store)
+        self._pointer = Pointer(settings, self.store)
         self._views: dict[tuple[str, str], Any] = {}
 
     def _view(self, entity: str, slot: str) -> Any:
@@ -152,7 +152,7 @@ class KnowledgeRetriever:
         provider = self.store._get_provider()
         state = self._pointer.read()
         while True:
-            live = _live_from_state(state)
+            live = live_from_state(state)
             if live is None:
                 return None, {e: self._empty(len(k)) for e, k in keys.items()}
             vectors = {}
@@ -194,7 +194,7 @@ class KnowledgeRetriever:
                     pipe.hmget(redis_key, fields)
             replies = pipe.execute()
         state_raw, rest = replies[0], replies[1:]
-        live = None if state_raw is None else _live_from_state(json.loads(state_raw))
+        live = None if state_raw is None else live_from_state(json.loads(state_raw))
         if live is None:
             return None, {e: self._empty(len(k)) for e, k in keys.items()}
         column = SLOTS.index(live["slot"])

@@ -195,6 +195,9 @@ class PretrainSettings(BaseModel):
     checkpoint_every_steps: int = 200
     # Days of history a full retrain (new lineage) covers, ending with the day trained.
     full_retrain_days: int = 7
+    # Days on which the daily pipeline retrains from scratch (a new knowledge lineage)
+    # instead of warm-starting: a planned change of the knowledge's meaning.
+    full_retrain_on: list[dt.date] = Field(default_factory=list)
 
 
 class KnowledgeSettings(BaseModel):

@@ -106,10 +106,12 @@ def validate_samples(settings: Settings, ds: dt.date) -> GateReport:
 
 def pretrain(settings: Settings, ds: dt.date) -> Any:
     """Pre-train on the samples of ``ds``, warm-started from the checkpoint of ``ds - 1``
-    (a new lineage from scratch when there is none); evaluates on ``ds`` before training."""
+    (a new lineage from scratch when there is none, or when ``ds`` is listed in
+    ``pretrain.full_retrain_on``); evaluates on ``ds`` before training."""
     from models.pretrain.train import pretrain_day
 
-    return pretrain_day(settings, ds, progress=False)
+    full_retrain = ds in settings.pretrain.full_retrain_on
+    return pretrain_day(settings, ds, full_retrain=full_retrain, progress=False)
 
 
 def export_knowledge(settings: Settings, ds: dt.date) -> Any:

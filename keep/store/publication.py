@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- pointer
 
 
-class _Pointer:
+class Pointer:
     """The publication record: live slot + state of both slots, one atomic value.
 
     It lives in the online store's own backend -- the only thing every reader of the
@@ -109,15 +109,16 @@ class _Pointer:
 
 def read_pointer(settings: Settings, store: FeatureStore | None = None) -> dict[str, Any]:
     """The whole publication record (live slot, both slots' lineage/snapshot/status)."""
-    return _Pointer(settings, store or get_store(settings)).read()
+    return Pointer(settings, store or get_store(settings)).read()
 
 
 def live_snapshot(settings: Settings, store: FeatureStore | None = None) -> dict[str, Any] | None:
     """What is live online: slot, lineage, snapshot_ds, rows, published_at; None if nothing."""
-    return _live_from_state(read_pointer(settings, store))
+    return live_from_state(read_pointer(settings, store))
 
 
-def _live_from_state(state: Mapping[str, Any]) -> dict[str, Any] | None:
+def live_from_state(state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The live snapshot described by a pointer record (None before the first publication)."""
     live = state.get("live")
     if live is None:
         return None
@@ -482,10 +483,10 @@ def publish_knowledge(
     )
     fast_sqlite = _sqlite_fast_path(store)
     key_version = store.config.entity_key_serialization_version
-    pointer = _Pointer(settings, store)
+    pointer = Pointer(settings, store)
     with _publication_lock(settings):
         state = pointer.read()
-        previous = _live_from_state(state)
+        previous = live_from_state(state)
         target = SLOTS[1] if state["live"] == SLOTS[0] else SLOTS[0]
         state["slots"][target] = {
             "status": "writing",
@@ -579,10 +580,11 @@ def rollback(settings: Settings, store: FeatureStore | None = None) -> dict[str,
     publication into it was interrupted): then there is nothing valid to roll back to.
     """
     store = store or get_store(settings)
-    pointer = _Pointer(settings, store)
+    pointer = Pointer(settings, store)
     with _publication_lock(settings):
         state = pointer.read()
-        live = state.get("live")
+        """The live snapshot described by a pointer record (None before the first publication)."""
+    live = state.get("live")
         if live is None:
             raise KeepError("nothing has been published to this online store: no rollback")
         other = SLOTS[1] if live == SLOTS[0] else SLOTS[0]
@@ -596,6 +598,6 @@ def rollback(settings: Settings, store: FeatureStore | None = None) -> dict[str,
         state["seq"] = int(state.get("seq", 0)) + 1
         state["slots"][other]["rolled_back_at"] = _now()
         pointer.write(state)
-    live_now = _live_from_state(state)
+    live_now = live_from_state(state)
     assert live_now is not None
     return live_now
