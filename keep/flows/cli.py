@@ -290,6 +290,25 @@ def training_set(
     out.print(_rows_table(f"training set {first} .. {last}, lineage {chosen}", rows))
 
 
+@app.command()
+@_friendly
+def report(
+    quality: Annotated[
+        Path, typer.Option(help="The quality summary written by bench/quality.py.")
+    ] = Path("reports/bench/quality.json"),
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for index.html and the PNG plots.")
+    ] = Path("reports/quality"),
+) -> None:
+    """Render the quality report (arms vs oracle, gap closed, calibration) as HTML + PNGs."""
+    from keep.flows.report import write_report
+
+    if not quality.is_file():
+        raise KeepError(f"no quality summary at {quality}: run bench/quality.py first")
+    files = write_report(quality, out_dir)
+    out.print(f"report: {files.index}")
+
+
 redis = typer.Typer(help="A private redis-server for Feast's Redis online store (127.0.0.1).")
 app.add_typer(redis, name="redis")
 
