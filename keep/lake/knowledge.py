@@ -174,3 +174,28 @@ def read_manifest(settings: Settings, lineage: str, ds: dt.date) -> dict[str, An
         return None
     data: dict[str, Any] = json.loads(path.read_text())
     return data
+
+
+def gated_lineages(settings: Settings, ds: dt.date) -> list[str]:
+    """Lineages whose snapshot of ``ds`` passed the knowledge gate (from the manifests)."""
+    root = settings.knowledge.manifest_root
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        manifest = read_manifest(settings, folder.name, ds)
+        if manifest and (manifest.get("gate") or {}).get("success"):
+            found.append(folder.name)
+    return found
+
+
+def served_knowledge(settings: Settings, ds: dt.date) -> tuple[str, dt.date] | None:
+    """(lineage, snapshot day) of the knowledge a sample of day ``ds`` sees: the gated
+    snapshot of ``ds - 1`` (DESIGN.md, Time); None before the first one. When two lineages
+    both have one (a new lineage published beside the old), the one created last."""
+    previous = ds - dt.timedelta(days=1)
+    lineages = gated_lineages(settings, previous)
+    if not lineages:
+        return None
+    newest = max(lineages, key=lambda lin: manifest_path(settings, lin, previous).stat().st_mtime)
+    return newest, previous

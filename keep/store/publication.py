@@ -583,8 +583,7 @@ def rollback(settings: Settings, store: FeatureStore | None = None) -> dict[str,
     pointer = Pointer(settings, store)
     with _publication_lock(settings):
         state = pointer.read()
-        """The live snapshot described by a pointer record (None before the first publication)."""
-    live = state.get("live")
+        live = state.get("live")
         if live is None:
             raise KeepError("nothing has been published to this online store: no rollback")
         other = SLOTS[1] if live == SLOTS[0] else SLOTS[0]
