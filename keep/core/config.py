@@ -200,6 +200,37 @@ class PretrainSettings(BaseModel):
     full_retrain_on: list[dt.date] = Field(default_factory=list)
 
 
+class DownstreamSettings(BaseModel):
+    """The downstream subsystem's own CTR model, its arms and training (docs/downstream.md)."""
+
+    # The subsystem whose model this is: its impressions, labels and in-scenario behaviours.
+    scenario: str = "ads"
+    # The downstream model's own hashed tables (it shares no parameters with pre-training).
+    user_buckets: int = 100_003
+    item_buckets: int = 50_021
+    category_buckets: int = 1_009
+    brand_buckets: int = 10_007
+    embedding_dim: int = 16
+    hidden_dims: list[int] = Field(default_factory=lambda: [128, 64])
+    # Hidden width of each plug-in projection (knowledge -> one hidden layer's offset).
+    plugin_hidden: int = 32
+    max_seq_len: int = 50
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    # Epochs over each day's rows (daily warm start: one pass per day is the default).
+    epochs: int = 1
+    weight_decay: float = 0.0
+    # Every arm is trained once per seed; results are reported with intervals over seeds.
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    # Windows (days before ds) of the downstream-only counters (models/downstream/counters.py).
+    counter_windows: list[int] = Field(default_factory=lambda: [1, 7, 30])
+    # Pseudo-impressions of the smoothed click rate; its prior mean is fitted to the history.
+    prior_strength: float = 20.0
+    checkpoint_root: Path = Path("var/downstream")
+    # torch intra-op threads (1: see PretrainSettings.threads).
+    threads: int = 1
+
+
 class KnowledgeSettings(BaseModel):
     """Knowledge export and its gate (docs/knowledge.md)."""
 
@@ -279,6 +310,7 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
+    downstream: DownstreamSettings = Field(default_factory=DownstreamSettings)
     feast: FeastSettings = Field(default_factory=FeastSettings)
 
     @classmethod
@@ -308,6 +340,7 @@ class Settings(BaseSettings):
             self.generator,
             self.pretrain,
             self.knowledge,
+            self.downstream,
             self.feast,
         ):
             for name, value in list(section):

@@ -138,22 +138,26 @@ def _windows_of(table: pa.Table, prefix: str) -> list[int]:
     return sorted(days)
 
 
-def _counters(table: pa.Table, prefix: str, what: str) -> tuple[torch.Tensor, tuple[str, ...]]:
-    """``[B, C]`` transformed counters and their column names (C = 5 x windows; may be 0)."""
-    names = counter_columns(prefix, _windows_of(table, prefix))
-    n = table.num_rows
-    if not names:
-        return torch.zeros(n, 0), ()
-    out = np.empty((n, len(names)), dtype=np.float32)
+def counter_tensor(table: pa.Table, names: Sequence[str], what: str) -> torch.Tensor:
+    """``[B, len(names)]``: ``log1p`` of counts, ``logit`` of rates (columns named ``*ctr_*``)."""
+    out = np.empty((table.num_rows, len(names)), dtype=np.float32)
     for j, name in enumerate(names):
         col = _column(table, name, what).combine_chunks().cast(pa.float64()).fill_null(0.0)
         v = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
-        if name[len(prefix) :].startswith("ctr_"):
+        if name.startswith("ctr_") or "_ctr_" in name:
             v = np.clip(v, 1e-4, 1 - 1e-4)
             out[:, j] = np.log(v / (1 - v))
         else:
             out[:, j] = np.log1p(np.maximum(v, 0.0))
-    return torch.from_numpy(out), tuple(names)
+    return torch.from_numpy(out)
+
+
+def _counters(table: pa.Table, prefix: str, what: str) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """``[B, C]`` transformed counters and their column names (C = 5 x windows; may be 0)."""
+    names = counter_columns(prefix, _windows_of(table, prefix))
+    if not names:
+        return torch.zeros(table.num_rows, 0), ()
+    return counter_tensor(table, names, what), tuple(names)
 
 
 # --------------------------------------------------------------------------- batches

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -144,10 +145,38 @@ class HashedEmbedding(nn.Module):
         return self.table(rows)
 
 
+class EmbeddingShapes(Protocol):
+    """What :class:`FeatureEmbeddings` reads from a config (the downstream model's has it too)."""
+
+    @property
+    def user_buckets(self) -> int: ...
+    @property
+    def item_buckets(self) -> int: ...
+    @property
+    def category_buckets(self) -> int: ...
+    @property
+    def brand_buckets(self) -> int: ...
+    @property
+    def scenario_buckets(self) -> int: ...
+    @property
+    def embedding_dim(self) -> int: ...
+
+
+def sparse_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The hashed embedding tables of ``module`` (sparse gradients, SparseAdam)."""
+    return [m.table.weight for m in module.modules() if isinstance(m, HashedEmbedding)]  # type: ignore[misc]
+
+
+def dense_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Every other parameter of ``module`` (dense Adam)."""
+    sparse = {id(p) for p in sparse_parameters(module)}
+    return [p for p in module.parameters() if id(p) not in sparse]
+
+
 class FeatureEmbeddings(nn.Module):
     """Every sparse feature's table; item/category/brand are shared by sequence and candidate."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: EmbeddingShapes) -> None:
         super().__init__()
         d = cfg.embedding_dim
         self.user = HashedEmbedding(cfg.user_buckets, d)
@@ -325,11 +354,10 @@ class MultiTaskModel(nn.Module):
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """The hashed embedding tables (sparse gradients)."""
-        return [m.table.weight for m in self.modules() if isinstance(m, HashedEmbedding)]  # type: ignore[misc]
+        return sparse_parameters(self)
 
     def dense_parameters(self) -> list[nn.Parameter]:
-        sparse = {id(p) for p in self.sparse_parameters()}
-        return [p for p in self.parameters() if id(p) not in sparse]
+        return dense_parameters(self)
 
     def _check(self, names: tuple[str, ...], expected: int, side: str) -> None:
         if len(names) != expected:

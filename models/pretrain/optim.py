@@ -8,18 +8,32 @@ SparseAdam updates only the touched rows' moments ("lazy Adam"). Both halves' st
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
-from keep.core.config import PretrainSettings
-from models.pretrain.multitask import MultiTaskModel
+
+class SplitParameters(Protocol):
+    """A model whose hashed tables are sparse (MultiTaskModel, the downstream models)."""
+
+    def sparse_parameters(self) -> list[nn.Parameter]: ...
+    def dense_parameters(self) -> list[nn.Parameter]: ...
+
+
+class OptimizerSettings(Protocol):
+    """PretrainSettings and DownstreamSettings both have these."""
+
+    @property
+    def learning_rate(self) -> float: ...
+    @property
+    def weight_decay(self) -> float: ...
 
 
 class PretrainOptimizer:
     """Adam (dense parameters, with weight decay) + SparseAdam (hashed embedding tables)."""
 
-    def __init__(self, model: MultiTaskModel, settings: PretrainSettings) -> None:
+    def __init__(self, model: SplitParameters, settings: OptimizerSettings) -> None:
         self.dense = torch.optim.Adam(
             model.dense_parameters(),
             lr=settings.learning_rate,
