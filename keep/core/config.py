@@ -160,8 +160,6 @@ class AggregateSettings(BaseModel):
     # Fraction of non-clicked impressions kept in the samples; kept ones get weight 1/rate
     # so that weighted click rates stay calibrated. 1.0 keeps everything.
     negative_sample_rate: float = 1.0
-    # Scenario of the downstream subsystem whose samples go to gold.downstream_samples.
-    downstream_scenario: str = "ads"
 
 
 class PretrainSettings(BaseModel):
@@ -203,7 +201,8 @@ class PretrainSettings(BaseModel):
 class DownstreamSettings(BaseModel):
     """The downstream subsystem's own CTR model, its arms and training (docs/downstream.md)."""
 
-    # The subsystem whose model this is: its impressions, labels and in-scenario behaviours.
+    # The subsystem whose model this is: its impressions (gold.downstream_samples), labels
+    # and in-scenario behaviours.
     scenario: str = "ads"
     # The downstream model's own hashed tables (it shares no parameters with pre-training).
     user_buckets: int = 100_003
@@ -227,8 +226,16 @@ class DownstreamSettings(BaseModel):
     # Pseudo-impressions of the smoothed click rate; its prior mean is fitted to the history.
     prior_strength: float = 20.0
     checkpoint_root: Path = Path("var/downstream")
+    # Checkpoints kept per arm and seed by the daily step (the newest days).
+    checkpoint_days_kept: int = 3
     # torch intra-op threads (1: see PretrainSettings.threads).
     threads: int = 1
+    # Arms the daily pipeline trains after each publication (bench/quality.py runs them all).
+    daily_arms: list[str] = Field(default_factory=lambda: ["base", "keep"])
+    # What a knowledge arm does when the knowledge lineage changes: "procrustes" (map the new
+    # space onto the old on shared keys), "reinit" (plug-in back to zero) or "none"
+    # (models/downstream/daily.py; the default is chosen by measurement, docs/downstream.md).
+    lineage_switch: str = "procrustes"
 
 
 class KnowledgeSettings(BaseModel):

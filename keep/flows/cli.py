@@ -424,7 +424,7 @@ def run(
             progress.update(task, advance=1)
             if not result.ok:
                 break
-    out.print(_summary_table(results))
+    out.print(_summary_table(results, settings.downstream.scenario))
     out.print(
         f"{len(results)} day(s) in {time.monotonic() - began:.0f} s; lake: {settings.lake.root}"
     )
@@ -471,8 +471,19 @@ def _count_cells(c: Any) -> list[str]:
     ]
 
 
-def _summary_table(results: list[Any]) -> Table:
-    table = Table(title="keep run: impressions per day")
+def _auc(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None else "-"
+
+
+def _summary_table(results: list[Any], scenario: str = "ads") -> Table:
+    """Per day: ingest counts, samples, the pre-training model's held-out click AUC and
+    lineage, the downstream arms' held-out click AUC on the subsystem's impressions beside
+    the generator's oracle (synthetic worlds), and the gates."""
+    arms = sorted({arm for r in results for arm in r.downstream_auc})
+    table = Table(
+        title="keep run: impressions per day (click AUC: super-domain pre-training; "
+        f"arms and oracle: {scenario})"
+    )
     names = (
         "day",
         "rows in",
@@ -483,6 +494,8 @@ def _summary_table(results: list[Any]) -> Table:
         "samples",
         "click AUC",
         "lineage",
+        *[f"{arm} AUC" for arm in arms],
+        "oracle AUC",
         "gates",
     )
     for name in names:
@@ -496,8 +509,10 @@ def _summary_table(results: list[Any]) -> Table:
             str(r.ds),
             *cells,
             f"{r.samples:,}" if r.samples is not None else "-",
-            f"{r.click_auc:.4f}" if r.click_auc is not None else "-",
+            _auc(r.click_auc),
             r.lineage or "-",
+            *[_auc(r.downstream_auc.get(arm)) for arm in arms],
+            _auc(r.downstream_oracle_auc),
             gate,
         )
     return table

@@ -160,6 +160,28 @@ def publish_knowledge(settings: Settings, ds: dt.date) -> dict[str, Any]:
     return publish(settings, ds, lineage, gate=gate_report, store=store)
 
 
+def train_downstream(settings: Settings, ds: dt.date) -> dict[str, Any]:
+    """The downstream CTR models of ``ds`` (``downstream.daily_arms``, by default ``base`` and
+    ``keep``): the day's point-in-time training set through Feast with the knowledge served
+    that day (the gated snapshot of ``ds - 1``), then each arm evaluated on ``ds`` (trained
+    through ``ds - 1``) and trained on it. Skipped before the first knowledge snapshot."""
+    from keep.lake import knowledge
+    from keep.store.training_sets import write_training_set
+    from models.downstream.daily import run_day
+
+    served = knowledge.served_knowledge(settings, ds)
+    if served is None:
+        return {
+            "ds": ds.isoformat(),
+            "skipped": f"no gated knowledge snapshot of {ds - dt.timedelta(days=1)}",
+        }
+    lineage, snapshot = served
+    write_training_set(settings, ds, ds, lineage=lineage)
+    return run_day(
+        settings, ds, lineage=lineage, snapshot=snapshot, arms=settings.downstream.daily_arms
+    )
+
+
 Step = Callable[[Settings, dt.date], Any]
 
 # The daily pipeline, in order: the Airflow DAG has one task per entry (its task id is the
@@ -177,6 +199,7 @@ STEPS: dict[str, Step] = {
     "export_knowledge": export_knowledge,
     "validate_knowledge": validate_knowledge,
     "publish_knowledge": publish_knowledge,
+    "train_downstream": train_downstream,
 }
 
 
@@ -246,6 +269,10 @@ class DayResult:
     lineage: str | None = None
     # Held-out click AUC: yesterday's model on this day's samples, before training on them.
     click_auc: float | None = None
+    # The downstream arms' held-out click AUC on the day (arm -> AUC, None on a first day)
+    # and the generator's oracle on the same impressions (synthetic worlds only).
+    downstream_auc: dict[str, float | None] = field(default_factory=dict)
+    downstream_oracle_auc: float | None = None
     gate_passed: bool = False
     gate_summary: str = ""
 
@@ -269,6 +296,9 @@ def run_day(settings: Settings, ds: dt.date, *, land: bool | None = None) -> Day
             elif name == "pretrain":
                 result.click_auc = outcome.get("metrics", {}).get("click_auc")
                 result.lineage = outcome.get("lineage")
+            elif name == "train_downstream":
+                result.downstream_auc = downstream_aucs(outcome)
+                result.downstream_oracle_auc = downstream_oracle_auc(settings, ds)
     except GateFailed as failed:
         result.gate_summary = str(failed)
         return result
@@ -293,12 +323,16 @@ def run_day_airflow(settings: Settings, ds: dt.date) -> DayResult:
     states = task_states(settings, ds)
     passed = all(states.get(step) == "success" for step in STEPS)
     lineage, click_auc = held_out_click_auc(settings, ds)
+    from models.downstream.daily import read_day_metrics
+
     return DayResult(
         ds=ds,
         counts=audit_counts(settings, ds),
         samples=delta.partition_rows(settings, sample_specs(settings.aggregate.windows)[0], ds),
         lineage=lineage,
         click_auc=click_auc,
+        downstream_auc=downstream_aucs(read_day_metrics(settings, ds) or {}),
+        downstream_oracle_auc=downstream_oracle_auc(settings, ds),
         gate_passed=passed,
         gate_summary=f"Airflow task states for {ds}: {states}",
     )
@@ -317,6 +351,44 @@ def held_out_click_auc(settings: Settings, ds: dt.date) -> tuple[str | None, flo
     held_out = json.loads(path.read_text()).get("eval") or {}
     auc = held_out.get("click_auc")
     return lineage, float(auc) if auc is not None else None
+
+
+def downstream_aucs(outcome: dict[str, Any]) -> dict[str, float | None]:
+    """Arm -> held-out click AUC from a ``train_downstream`` result (None: not evaluated)."""
+    return {
+        arm: (m.get("auc") if m.get("held_out") else None)
+        for arm, m in (outcome.get("arms") or {}).items()
+    }
+
+
+def downstream_oracle_auc(settings: Settings, ds: dt.date) -> float | None:
+    """The generator's oracle click AUC on the day's downstream samples, when the world is
+    synthetic (its truth is read here, for the summary only: never by the pipeline)."""
+    import pyarrow.dataset as pads
+    from deltalake import DeltaTable
+
+    from keep.core.tables import DOWNSTREAM_SAMPLES, samples_spec
+    from keep.sources.generator import truth_dir
+    from models.evaluation import auc
+
+    truth = truth_dir(settings, "oracle", ds)
+    spec = samples_spec(DOWNSTREAM_SAMPLES, settings.aggregate.windows)
+    if not truth.is_dir() or not delta.table_exists(settings, spec):
+        return None
+    samples = DeltaTable(str(delta.table_path(settings, spec))).to_pyarrow_table(
+        columns=["impression_id", "click", "weight"], filters=[("ds", "=", ds.isoformat())]
+    )
+    oracle = pads.dataset(str(truth), format="parquet").to_table(
+        columns=["impression_id", "p_click"]
+    )
+    joined = samples.join(oracle, "impression_id", join_type="inner")
+    if joined.num_rows == 0:
+        return None
+    return auc(
+        joined.column("click").to_numpy(),
+        joined.column("p_click").to_numpy(),
+        joined.column("weight").to_numpy(),
+    )
 
 
 def audit_counts(settings: Settings, ds: dt.date) -> dict[str, SourceCounts]:

@@ -527,7 +527,7 @@ def samples_parameters(settings: Settings, ds: dt.date) -> dict[str, Any]:
         "sequence_length": settings.aggregate.sequence_length,
         "state_days": [state_ds.isoformat()],
         "state_end": end_of_day(state_ds),
-        "downstream_scenarios": [settings.aggregate.downstream_scenario],
+        "downstream_scenarios": [settings.downstream.scenario],
     }
 
 

@@ -589,7 +589,7 @@ def _convert_raw_sample(chunk: _Chunk, scenario: str) -> tuple[IntArray, pa.Arra
 
 def _import_raw_sample(run: _Run, path: Path, summary: SourceSummary) -> None:
     header = _check_header(path, RAW_SAMPLE)
-    scenario = run.settings.generator.downstream_scenario
+    scenario = run.settings.downstream.scenario
     for chunk in _chunks(path, header, run.chunksize):
         day, text, reasons = _convert_raw_sample(chunk, scenario)
         summary.count(reasons)
@@ -1021,7 +1021,7 @@ def _check_settings(settings: Settings, negatives_per_positive: int, chunksize: 
         raise ValueError(f"negatives_per_positive must be >= 0, got {negatives_per_positive}")
     if chunksize < 1:
         raise ValueError(f"chunksize must be >= 1, got {chunksize}")
-    for scenario in (settings.generator.downstream_scenario, BROWSE_SCENARIO):
+    for scenario in (settings.downstream.scenario, BROWSE_SCENARIO):
         if scenario not in settings.ingest.scenarios:
             log.warning(
                 "scenario %r is not in ingest.scenarios %s: ingest will quarantine its rows "

@@ -53,6 +53,9 @@ class DownstreamMeta:
     knowledge_lineage: str | None = None  # None: the arm reads no knowledge
     snapshot_ds: str | None = None  # knowledge snapshot of the last training day
     pretrain_lineage: str | None = None  # finetune arm: the checkpoint it started from
+    # Lineage switch by orthogonal Procrustes: per entity, the matrix mapping the recorded
+    # lineage's vectors into the space the model was trained in (models/downstream/daily.py).
+    alignment: dict[str, list[list[float]]] | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)

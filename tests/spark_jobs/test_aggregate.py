@@ -233,9 +233,9 @@ def test_samples_see_exactly_the_state_of_the_day_before(history: Settings) -> N
                 expected = merged[f"{col}_want"].fillna(0).to_numpy()
                 assert np.array_equal(merged[col].to_numpy(), expected), (ds, col)
         down = read(history, downstream.name, ds)
-        assert set(down["scenario"]) == {agg.downstream_scenario}
+        assert set(down["scenario"]) == {history.downstream.scenario}
         assert sorted(down["impression_id"]) == sorted(
-            samples.loc[samples["scenario"] == agg.downstream_scenario, "impression_id"]
+            samples.loc[samples["scenario"] == history.downstream.scenario, "impression_id"]
         )
 
 

@@ -96,7 +96,7 @@ def gx_config_files(settings: Settings) -> dict[Path, int]:
 
 def test_parameters_follow_the_day_and_the_settings(settings: Settings) -> None:
     settings.aggregate.sequence_length = 7
-    settings.aggregate.downstream_scenario = "video"
+    settings.downstream.scenario = "video"
 
     assert state_parameters(settings, DS) == {
         "sequence_length": 7,

@@ -43,12 +43,16 @@ def write_knowledge(
     n: int,
     dim: int | None = None,
     salt: str = "",
+    vectors: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Write one snapshot partition; returns its keys and vectors (the expected values)."""
+    """Write one snapshot partition (``vectors``: given, else deterministic random ones);
+    returns its keys and vectors (the expected values)."""
     dim = dim or settings.pretrain.knowledge_dim
     spec = knowledge_spec(entity)
     keys = knowledge_keys(entity, n)
-    vectors = snapshot_vectors(entity, lineage, ds, n, dim, salt)
+    if vectors is None:
+        vectors = snapshot_vectors(entity, lineage, ds, n, dim, salt)
+    dim = vectors.shape[1]
     schema = spec.schema
     columns: dict[str, pa.Array] = {k: pa.array(v, pa.int64()) for k, v in keys.items()}
     columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim).cast(
