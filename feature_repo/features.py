@@ -3,17 +3,22 @@
 Three kinds of views, per entity (user, item, user x category):
 
 * ``<entity>_knowledge_fv`` -- the knowledge of every lineage and snapshot, for training
-  sets (``get_historical_features``). Offline only (``online=False``): knowledge reaches
-  the online store through the validated, atomic publication
-  (keep.store.publication.publish_knowledge), never through ``feast materialize``.
+  sets (``get_historical_features``), keyed by the entity AND the ``lineage`` entity (join
+  key ``knowledge_lineage``): entity rows name the lineage, so a point-in-time join gives
+  exactly that lineage's vectors even while another lineage has a snapshot of the same day.
+  Offline only (``online=False``): knowledge reaches the online store through the
+  validated, atomic publication (keep.store.publication.publish_knowledge), never through
+  ``feast materialize``.
 * ``<entity>_knowledge_blue_fv`` / ``<entity>_knowledge_green_fv`` -- the two online slots.
   One holds the live snapshot, the other the previous one (or the one being published);
-  a pointer in the online store says which is live (docs/feast.md). They are declared
-  ``online=False`` so that ``feast materialize[-incremental]`` skips them and refuses them
-  by name ("... is not configured to be served online"): a plain materialization would
-  write the latest rows of every lineage and snapshot, ungated, into a live slot behind
-  the pointer's back. Feast still serves them online (``get_online_features`` and
-  ``feast serve`` read any enabled view); publication creates their online tables.
+  a pointer in the online store says which is live and which lineage and snapshot it
+  holds (docs/feast.md), so the slots are keyed by the entity only (serving reads them by
+  user / item keys, one lineage at a time). They are declared ``online=False`` so that
+  ``feast materialize[-incremental]`` skips them and refuses them by name ("... is not
+  configured to be served online"): a plain materialization would write the latest rows
+  of every lineage and snapshot, ungated, into a live slot behind the pointer's back.
+  Feast still serves them online (``get_online_features`` and ``feast serve`` read any
+  enabled view); publication creates their online tables.
 * ``<entity>_stats_fv`` -- the multi-window counters, materialized the plain Feast way
   (one full snapshot per day, so the latest row per key is the state of the last day).
 
@@ -35,12 +40,13 @@ from data_sources import (
     user_knowledge_source,
     user_stats_source,
 )
-from entities import category, item, user
+from entities import category, item, lineage, user
 from feast import FeatureView, Field
 from feast.types import Array, Bool, Float32, Float64, Int64, String
 
 from keep.core.feast_names import (
     KNOWLEDGE_TTL,
+    LINEAGE_JOIN_KEY,
     SLOTS,
     STATS_TTL,
     knowledge_columns,
@@ -83,6 +89,12 @@ def _knowledge_fields(entity: str) -> list[Field]:
     who = _ENTITY_WORDS[entity]
     return _key_fields(entity) + [
         Field(
+            name=LINEAGE_JOIN_KEY,
+            dtype=String,
+            description="Join key of the lineage entity: lineage of the vector (changes "
+            "when the vectors' meaning changes).",
+        ),
+        Field(
             name=names["vector"],
             dtype=Array(Float32),
             description=f"Knowledge vector of the {who} ({_params.knowledge_dim} floats).",
@@ -91,11 +103,6 @@ def _knowledge_fields(entity: str) -> list[Field]:
             name=names["recomputed"],
             dtype=Bool,
             description="True if recomputed from this day's state, False if carried forward.",
-        ),
-        Field(
-            name=names["knowledge_lineage"],
-            dtype=String,
-            description="Lineage of the vector (changes when the vectors' meaning changes).",
         ),
         Field(
             name=names["snapshot_ds"],
@@ -152,7 +159,8 @@ def _knowledge_view(entity: str) -> FeatureView:
     source, _, entities = _SOURCES[entity]
     return FeatureView(
         name=knowledge_view_name(entity),
-        entities=entities,
+        # Keyed by lineage too: a training set gets exactly the lineage it names.
+        entities=[*entities, lineage],
         ttl=KNOWLEDGE_TTL,
         schema=_knowledge_fields(entity),
         source=source,

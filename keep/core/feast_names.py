@@ -15,22 +15,32 @@ from datetime import timedelta
 from pathlib import Path
 
 from keep.core.errors import SetupError
-from keep.core.tables import STAT_PREFIX, TableSpec, window_columns
+from keep.core.tables import LINEAGE, STAT_PREFIX, TableSpec, window_columns
 
 SLOTS: tuple[str, str] = ("blue", "green")
 # See feature_repo/features.py for why these TTLs.
 KNOWLEDGE_TTL = timedelta(days=3)
 STATS_TTL = timedelta(days=1)
 FEATURE_SERVICE = "downstream_ctr_v1"
+# The lineage entity: the offline knowledge views are keyed by it as well, so that a
+# point-in-time join asks for one lineage and gets exactly that lineage's vectors while
+# several lineages coexist in the knowledge tables. Its join key is the knowledge tables'
+# own lineage column, read unrenamed (the online slot views are NOT keyed by it: a slot
+# holds one snapshot of one lineage, named by the publication pointer).
+LINEAGE_ENTITY = "lineage"
+LINEAGE_JOIN_KEY = LINEAGE
 
 
 def knowledge_columns(entity: str) -> dict[str, str]:
-    """Knowledge table column -> feature name (prefixed like the gold samples' columns)."""
+    """Knowledge table column -> feature name (prefixed like the gold samples' columns).
+
+    The lineage column is not renamed: it is the join key :data:`LINEAGE_JOIN_KEY` of the
+    offline knowledge views (a source column can have only one name in Feast).
+    """
     p = STAT_PREFIX[entity]
     return {
         "vector": f"{p}knowledge",
         "recomputed": f"{p}recomputed",
-        "knowledge_lineage": f"{p}knowledge_lineage",
         "snapshot_ds": f"{p}snapshot_ds",
     }
 

@@ -16,6 +16,14 @@ one day older than its ``state_ds``. Knowledge exported after ``ds - 1`` and the
 (Feast keeps feature rows with ``event_timestamp <= entity timestamp`` and within the view's
 ttl, the latest one wins).
 
+Lineages: several knowledge lineages coexist in the knowledge tables (a new one is
+published beside the old one, DESIGN.md "Knowledge versions"). The project's offline
+knowledge views are keyed by the entity AND the ``lineage`` entity (join key
+``knowledge_lineage``), so each entity row names the requested lineage and the join returns
+exactly that lineage's vectors: the other lineage's rows, even of the same snapshot day, do
+not match. A knowledge view without that key is accepted only if it carries a lineage
+feature, and every row it returns is checked: another lineage is refused, never mixed.
+
 Feast's file offline store drops entity rows without an earlier feature row (or only rows
 outside the ttl), collapses entity rows sharing join keys and timestamp, and fails outright
 on a key with no feature row at all. So each view is queried on its own, with the day's
@@ -89,6 +97,7 @@ class ViewJoin:
     join_keys: tuple[str, ...]  # the entity's keys (without the lineage)
     lineage_key: bool  # the view is keyed by knowledge_lineage as well
     features: tuple[str, ...]
+    feature_types: tuple[pa.DataType, ...]  # Arrow type of each feature
     source_path: str
     timestamp_field: str
     vector_feature: str | None  # knowledge views: the vector feature
@@ -112,6 +121,7 @@ def _entity_of(join_keys: Sequence[str], view: str) -> str:
 
 def _view_join(store: FeatureStore, view_name: str, features: Sequence[str] | None) -> ViewJoin:
     from feast.infra.offline_stores.file_source import FileSource
+    from feast.type_map import feast_value_type_to_pa
     from feast.types import Array
 
     try:
@@ -130,8 +140,15 @@ def _view_join(store: FeatureStore, view_name: str, features: Sequence[str] | No
     vectors = [n for n in names if isinstance(dtypes.get(n), Array)]
     if len(vectors) > 1:
         raise TrainingSetError(f"view {view_name!r} has several vector features {vectors}")
+    lineage_key = LINEAGE in all_keys
     lineages = [n for n in dtypes if n.endswith(LINEAGE)]
     lineage_feature = lineages[0] if vectors and lineages else None
+    if vectors and not lineage_key and lineage_feature is None:
+        raise TrainingSetError(
+            f"knowledge view {view_name!r} is neither keyed by {LINEAGE} (entity `lineage`) "
+            "nor carries a lineage feature: its vectors could be of any lineage, and "
+            "lineages must never be mixed; key the view by lineage (docs/training_sets.md)"
+        )
     if lineage_feature is not None and lineage_feature not in names:
         names = (*names, lineage_feature)  # always fetch the lineage to check it
     source = fv.batch_source
@@ -145,14 +162,21 @@ def _view_join(store: FeatureStore, view_name: str, features: Sequence[str] | No
         entity=entity,
         kind="knowledge" if vectors else "counters",
         join_keys=join_keys,
-        lineage_key=LINEAGE in all_keys,
+        lineage_key=lineage_key,
         features=names,
+        feature_types=tuple(feast_value_type_to_pa(dtypes[n].to_value_type()) for n in names),
         source_path=path,
         timestamp_field=source.timestamp_field,
         vector_feature=vectors[0] if vectors else None,
         lineage_feature=lineage_feature,
         source_keys=tuple(raw.get(k, k) for k in join_keys),
-        source_lineage=raw.get(lineage_feature, lineage_feature) if lineage_feature else None,
+        source_lineage=(
+            raw.get(LINEAGE, LINEAGE)
+            if lineage_key
+            else raw.get(lineage_feature, lineage_feature)
+            if lineage_feature
+            else None
+        ),
     )
 
 
@@ -230,6 +254,11 @@ def _source_keys(join: ViewJoin, until: dt.datetime, lineage: str | None) -> pa.
     column = join.source_lineage or LINEAGE
     if lineage is not None and column in dataset.schema.names:
         cond = cond & (pc.field(column) == lineage)
+    elif lineage is not None and join.lineage_key:
+        raise TrainingSetError(
+            f"view {join.view!r} is keyed by {LINEAGE} but its source {path} has no column "
+            f"{column!r}"
+        )
     keys = dataset.to_table(columns=list(join.source_keys), filter=cond)
     keys = keys.rename_columns(list(join.join_keys)).cast(
         pa.schema([pa.field(k, pa.int64()) for k in join.join_keys])
@@ -262,8 +291,11 @@ def _historical(
     store: FeatureStore, join: ViewJoin, keys: pa.Table, ts: dt.datetime, lineage: str
 ) -> pa.Table:
     """Feast's point-in-time answer for ``keys`` at ``ts``: one row per key it found."""
-    if keys.num_rows == 0:
-        return pa.table({k: pa.array([], pa.int64()) for k in join.join_keys})
+    if keys.num_rows == 0:  # e.g. a lineage with no snapshot up to the day: all cold
+        return pa.table(
+            {k: pa.array([], pa.int64()) for k in join.join_keys}
+            | {f: pa.array([], t) for f, t in zip(join.features, join.feature_types, strict=True)}
+        )
     entity_df = keys.to_pandas()
     entity_df[ENTITY_TS] = pd.Timestamp(ts)
     if join.lineage_key:

@@ -39,6 +39,15 @@ def test_repo_conventions_and_point_in_time_join(settings: Settings) -> None:
             assert field.description, f"{view.name}.{field.name} has no description"
     # Neither the offline knowledge views nor the slots are open to `feast materialize`.
     assert all(not v.online for v in views if "knowledge" in v.name)
+    # Offline knowledge views are keyed by lineage too; online slots only by the entity
+    # (their lineage is in the publication pointer).
+    assert store.get_entity("lineage").join_key == "knowledge_lineage"
+    for view in views:
+        keys = {c.name for c in view.entity_columns}
+        if view.name.endswith("_knowledge_fv"):
+            assert "knowledge_lineage" in keys, view.name
+        else:
+            assert "knowledge_lineage" not in keys, view.name
     assert all(v.online for v in views if v.name.endswith("_stats_fv"))
     service = store.get_feature_service("downstream_ctr_v1")
     assert {p.name for p in service.feature_view_projections} == {
@@ -57,6 +66,7 @@ def test_repo_conventions_and_point_in_time_join(settings: Settings) -> None:
             "user_id": [3, 3, 3],
             "item_id": [1002, 1002, 1002],
             "category_id": [102, 102, 102],
+            "knowledge_lineage": ["L1", "L1", "L1"],
             "event_timestamp": pd.to_datetime(
                 ["2026-01-02 08:00", "2026-01-03 08:00", "2026-01-04 08:00"], utc=True
             ),

@@ -1,9 +1,11 @@
 """Training sets through Feast: every sample kept, values equal an independent as-of join.
 
-The Feast repo here is a small one written by the test (same shape as feature_repo/: Delta
-sources, knowledge keyed by entity + lineage, counters, one feature service), so the
-test exercises keep.store.training_sets against a real FeatureStore and real Delta tables while
-knowing every value it wrote. Expected values come from ``pandas.merge_asof`` (backward,
+Two Feast repos: the project's own feature_repo/ (applied with apply_repo, its
+DeltaDuckDB offline store), with one and with two coexisting lineages in the lake; and a
+small one written by the test (same shape: Delta sources, knowledge keyed by entity +
+lineage, counters, one feature service, plus views that are not keyed by lineage). Both run
+keep.store.training_sets against a real FeatureStore and real Delta tables whose every
+value the test wrote. Expected values come from ``pandas.merge_asof`` (backward,
 exact matches allowed, tolerance = the view's ttl), which is how Feast defines the join.
 """
 
@@ -395,17 +397,8 @@ def _check_against_expectation(
     return got
 
 
-@pytest.mark.parametrize("lineages", [("L1",), ("L1", "L2")])
-def test_project_feature_repo_gives_the_same_training_set(
-    tmp_path: Path, lineages: tuple[str, ...]
-) -> None:
-    """The project's feature_repo/ (keep.store.publication) through the same checks.
-
-    With a second lineage beside the first, the result must be exactly the first lineage's
-    or a refusal: never a silent mix.
-    """
-    from keep.core.feast_names import KNOWLEDGE_TTL as K_TTL
-    from keep.core.feast_names import STATS_TTL as S_TTL
+def _project_settings(tmp_path: Path, lineages: tuple[str, ...]) -> Settings:
+    """The lake tables above, with the project's own feature_repo/ applied over them."""
     from keep.store.feast_repo import apply_repo
 
     settings = make_settings(
@@ -417,13 +410,112 @@ def test_project_feature_repo_gives_the_same_training_set(
     _knowledge(settings, lineages)
     _stats(settings)
     apply_repo(settings)
-    want = _expected(settings, "L1", K_TTL, S_TTL)
-    try:
-        tables = list(build_training_set(settings, DAYS[0], DAYS[-1], lineage="L1"))
-    except TrainingSetError as exc:
-        assert len(lineages) > 1 and "never be mixed" in str(exc)
-        return
-    _check_against_expectation(tables, want, "L1")
+    return settings
+
+
+def _project_expected(settings: Settings, lineage: str) -> pd.DataFrame:
+    from keep.core.feast_names import KNOWLEDGE_TTL as K_TTL
+    from keep.core.feast_names import STATS_TTL as S_TTL
+
+    return _expected(settings, lineage, K_TTL, S_TTL)
+
+
+def _lake_vector(settings: Settings, lineage: str, user: int, snapshot: dt.date) -> np.ndarray:
+    """The user vector of one (lineage, snapshot) as written to knowledge.user."""
+    frame = deltalake.DeltaTable(
+        str(delta.table_path(settings, knowledge_spec("user")))
+    ).to_pandas()
+    row = frame[
+        (frame["knowledge_lineage"] == lineage)
+        & (frame["user_id"] == user)
+        & (frame["snapshot_ds"] == snapshot.isoformat())
+    ]
+    assert len(row) == 1
+    return np.asarray(row["vector"].iloc[0], dtype=np.float32)
+
+
+def test_project_feature_repo_gives_the_same_training_set(tmp_path: Path) -> None:
+    """The project's feature_repo/ with one lineage in the lake: same checks as below."""
+    settings = _project_settings(tmp_path, ("L1",))
+    tables = list(build_training_set(settings, DAYS[0], DAYS[-1], lineage="L1"))
+    _check_against_expectation(tables, _project_expected(settings, "L1"), "L1")
+
+
+def test_project_feature_repo_keeps_coexisting_lineages_apart(tmp_path: Path) -> None:
+    """L1 and L2 side by side in the lake, the project's feature_repo/ and offline store.
+
+    The offline knowledge views are keyed by lineage, so a training set of each lineage
+    over the same days keeps every sample and gets exactly that lineage's as-of vectors,
+    even on the day both lineages have a snapshot with the same event timestamp.
+    """
+    settings = _project_settings(tmp_path, ("L1", "L2"))
+    got: dict[str, pd.DataFrame] = {}
+    for lineage in ("L1", "L2"):
+        tables = list(build_training_set(settings, DAYS[0], DAYS[-1], lineage=lineage))
+        want = _project_expected(settings, lineage)
+        got[lineage] = _check_against_expectation(tables, want, lineage)
+    l1, l2 = got["L1"], got["L2"].loc[got["L1"].index]
+
+    # Guards against a vacuous expectation: the lineages really differ on these samples.
+    # User 3 has L2 knowledge only (from day 2 on: L2's first snapshot is of 2026-01-02, so
+    # on day 1 every L2 row is cold); user (2, 100) x category has L1 only.
+    assert l1.loc[l1["user_id"] == 3, "user_knowledge_missing"].all()
+    later = (l1["user_id"] == 3) & (l1["ds"] > DAYS[0].isoformat())
+    assert later.sum() == 2 and not l2.loc[later, "user_knowledge_missing"].any()
+    assert l2.loc[l2["ds"] == DAYS[0].isoformat(), "user_knowledge_missing"].all()
+    pair = (l1["user_id"] == 2) & (l1["category_id"] == 100) & (l1["ds"] == DAYS[0].isoformat())
+    assert pair.any()
+    assert not l1.loc[pair, "user_category_knowledge_missing"].any()
+    assert l2.loc[pair, "user_category_knowledge_missing"].all()
+    # Day 2 joins at 2026-01-03 00:00, the event timestamp of BOTH lineages' 2026-01-02
+    # snapshot: each training set has its own lineage's vector, read straight from the lake.
+    same_day = l1.index[(l1["ds"] == DAYS[1].isoformat()) & (l1["user_id"] == 1)]
+    assert len(same_day) == 3
+    v1 = _lake_vector(settings, "L1", 1, dt.date(2026, 1, 2))
+    v2 = _lake_vector(settings, "L2", 1, dt.date(2026, 1, 2))
+    assert not np.allclose(v1, v2)
+    for key in same_day:
+        np.testing.assert_array_equal(np.asarray(l1.at[key, "user_vector"], np.float32), v1)
+        np.testing.assert_array_equal(np.asarray(l2.at[key, "user_vector"], np.float32), v2)
+    # Counters do not depend on the lineage.
+    for column in ("u_impressions_7d", "i_ctr_1d", "uc_clicks_1d"):
+        np.testing.assert_array_equal(l1[column].to_numpy(), l2[column].to_numpy())
+
+
+def test_project_knowledge_view_without_lineage_key_is_refused(tmp_path: Path) -> None:
+    """A knowledge view keyed by the entity only (no lineage key, no lineage feature)
+    could mix lineages: the builder refuses it rather than guess."""
+    from feast import FeatureView, Field
+    from feast.types import Array, Float32, Int64
+
+    from keep.core.feast_names import KNOWLEDGE_TTL as K_TTL
+    from keep.store.feast_repo import get_store
+
+    settings = _project_settings(tmp_path, ("L1", "L2"))
+    store = get_store(settings)
+    entity_only = FeatureView(
+        name="user_knowledge_entity_only_fv",
+        entities=[store.get_entity("user")],
+        ttl=K_TTL,
+        schema=[
+            Field(name="user_id", dtype=Int64),
+            Field(name="u_knowledge", dtype=Array(Float32)),
+        ],
+        source=store.get_data_source("user_knowledge_source"),
+        online=False,
+    )
+    store.apply([entity_only])
+    with pytest.raises(TrainingSetError, match="never be mixed"):
+        list(
+            build_training_set(
+                settings,
+                DAYS[1],
+                DAYS[1],
+                lineage="L1",
+                store=store,
+                knowledge_views={"user": entity_only.name},
+            )
+        )
 
 
 def test_every_sample_kept_and_values_match_an_independent_as_of_join(
