@@ -122,7 +122,10 @@ def run_samples(spark: SparkSession, settings: Settings, ds: dt.date) -> dict[st
     try:
         lake.overwrite_partition(samples, settings, pretrain, ds)
         lake.overwrite_partition(
-            samples.where(F.col("scenario") == settings.downstream.scenario), settings, downstream, ds
+            samples.where(F.col("scenario") == settings.downstream.scenario),
+            settings,
+            downstream,
+            ds,
         )
     finally:
         samples.unpersist()
