@@ -131,6 +131,7 @@ def pretrain_vs_references(
     """Per day: the pre-training model's held-out click AUC and the two references."""
     import pyarrow as pa
 
+    from keep.lake.knowledge import served_knowledge
     from models.evaluation import auc
     from models.pretrain.checkpoint import metrics_path
     from models.pretrain.references import counter_logreg_scores, smoothed_rate_scores
@@ -145,8 +146,11 @@ def pretrain_vs_references(
             [_samples(settings, d) for d in days[max(0, i - history_days) : i]]
         )
         y, w = test.column("click").to_numpy(), test.column("weight").to_numpy()
+        # The model of d - 1: the lineage whose snapshot of d - 1 was served on d (the
+        # only lineage when nothing was published).
+        served = served_knowledge(settings, ds)
         held_out = None
-        for lineage in lineages:
+        for lineage in [served[0]] if served else lineages:
             path = metrics_path(settings, lineage, ds)
             if path.is_file():
                 held_out = (json.loads(path.read_text()).get("eval") or {}).get("click_auc")
@@ -198,6 +202,7 @@ def main() -> None:
     parser.add_argument("--impressions", type=int, default=50_000, help="impressions a day")
     parser.add_argument("--users", type=int, default=5_000)
     parser.add_argument("--items", type=int, default=2_000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--second-world-days", type=int, default=8, help="0 skips it")
     parser.add_argument("--keep-home", action="store_true", help="keep the KEEP homes")
     args = parser.parse_args()
@@ -224,7 +229,11 @@ def main() -> None:
         else:
             print(f"homes kept in {root}")
     report["wall_s"] = time.perf_counter() - began
-    write_report("quality", report)
+    path = write_report("quality", report)
+    from keep.flows.report import write_report as write_html
+
+    files = write_html(path, REPO / "reports" / "quality")
+    print(f"report: {files.index}")
 
 
 if __name__ == "__main__":

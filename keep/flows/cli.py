@@ -290,6 +290,58 @@ def training_set(
     out.print(_rows_table(f"training set {first} .. {last}, lineage {chosen}", rows))
 
 
+ArmOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--arm",
+        help="Arm(s): base, keep, concat, finetune, superdomain_features "
+        "(default: downstream.daily_arms).",
+    ),
+]
+
+
+@app.command("train-downstream")
+@_friendly
+def train_downstream(ds: DateOpt, arm: ArmOpt = None) -> None:
+    """Day D's downstream CTR models: the point-in-time training set with the knowledge
+    served on D, each arm evaluated on D (trained through D-1), then trained on D."""
+    from keep.flows import pipeline
+
+    result = pipeline.train_downstream(load_settings(), ds.date(), arms=arm)
+    out.print(_arms_table(f"downstream {ds.date()}", result))
+
+
+@app.command("evaluate-downstream")
+@_friendly
+def evaluate_downstream(ds: DateOpt, arm: ArmOpt = None) -> None:
+    """Evaluate the arms' newest models (trained before D) on day D; trains nothing."""
+    from keep.flows import pipeline
+
+    result = pipeline.train_downstream(load_settings(), ds.date(), arms=arm, train=False)
+    out.print(_arms_table(f"downstream evaluation {ds.date()}", result))
+
+
+def _arms_table(title: str, result: dict[str, Any]) -> Table:
+    if "skipped" in result:
+        raise KeepError(f"{result['ds']}: {result['skipped']}; publish knowledge first")
+    table = Table(
+        title=f"{title}: {result['rows']:,} rows, knowledge {result['lineage']} "
+        f"/ {result['snapshot_ds']}"
+    )
+    for name in ("arm", "AUC", "GAUC", "log loss", "calibration", "lineage switch"):
+        table.add_column(name, justify="left" if name == "arm" else "right")
+    for arm, m in result["arms"].items():
+        if not m.get("held_out"):
+            table.add_row(arm, "-", "-", "-", "-", "first day: trained only")
+            continue
+        table.add_row(
+            arm,
+            *[f"{m[k]:.4f}" for k in ("auc", "gauc", "logloss", "calibration")],
+            m.get("lineage_switch") or "-",
+        )
+    return table
+
+
 @app.command()
 @_friendly
 def report(

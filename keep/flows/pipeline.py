@@ -160,11 +160,14 @@ def publish_knowledge(settings: Settings, ds: dt.date) -> dict[str, Any]:
     return publish(settings, ds, lineage, gate=gate_report, store=store)
 
 
-def train_downstream(settings: Settings, ds: dt.date) -> dict[str, Any]:
-    """The downstream CTR models of ``ds`` (``downstream.daily_arms``, by default ``base`` and
-    ``keep``): the day's point-in-time training set through Feast with the knowledge served
-    that day (the gated snapshot of ``ds - 1``), then each arm evaluated on ``ds`` (trained
-    through ``ds - 1``) and trained on it. Skipped before the first knowledge snapshot."""
+def train_downstream(
+    settings: Settings, ds: dt.date, *, arms: list[str] | None = None, train: bool = True
+) -> dict[str, Any]:
+    """The downstream CTR models of ``ds`` (``arms``, default ``downstream.daily_arms``:
+    ``base`` and ``keep``): the day's point-in-time training set through Feast with the
+    knowledge served that day (the gated snapshot of ``ds - 1``), then each arm evaluated
+    on ``ds`` (trained through ``ds - 1``) and trained on it (``train=False``: evaluated
+    only). Skipped before the first knowledge snapshot."""
     from keep.lake import knowledge
     from keep.store.training_sets import write_training_set
     from models.downstream.daily import run_day
@@ -178,7 +181,12 @@ def train_downstream(settings: Settings, ds: dt.date) -> dict[str, Any]:
     lineage, snapshot = served
     write_training_set(settings, ds, ds, lineage=lineage)
     return run_day(
-        settings, ds, lineage=lineage, snapshot=snapshot, arms=settings.downstream.daily_arms
+        settings,
+        ds,
+        lineage=lineage,
+        snapshot=snapshot,
+        arms=arms or settings.downstream.daily_arms,
+        train=train,
     )
 
 

@@ -439,19 +439,24 @@ def _compose(
 
 
 def run_day(
-    settings: Settings, ds: dt.date, *, lineage: str, snapshot: dt.date, arms: Iterable[str]
+    settings: Settings,
+    ds: dt.date,
+    *,
+    lineage: str,
+    snapshot: dt.date,
+    arms: Iterable[str],
+    train: bool = True,
 ) -> dict[str, Any]:
     """The pipeline's downstream step for ``ds``: each arm (first seed) evaluated on ``ds``
-    from its checkpoint of the day before, then trained on ``ds`` and checkpointed; the
-    result is also recorded in :func:`day_metrics_path`."""
+    from its newest checkpoint of a day before, then trained on ``ds`` and checkpointed; the
+    result is also recorded in :func:`day_metrics_path`. ``train=False`` only evaluates
+    (nothing is written)."""
     seeds = settings.downstream.seeds[:1]
     run = Arms(settings, arms, seeds)
     run.load_latest(ds)
     table = day_table(settings, ds, lineage)
     torch.set_num_threads(settings.downstream.threads)
-    outcomes = run.step(ds, table, lineage, snapshot)
-    run.save(ds)
-    run.prune(settings.downstream.checkpoint_days_kept)
+    outcomes = run.step(ds, table, lineage, snapshot, train=train)
     result = {
         "ds": ds.isoformat(),
         "lineage": lineage,
@@ -466,7 +471,10 @@ def run_day(
             for o in outcomes
         },
     }
-    atomic_write_text(day_metrics_path(settings, ds), json.dumps(result, indent=2) + "\n")
+    if train:
+        run.save(ds)
+        run.prune(settings.downstream.checkpoint_days_kept)
+        atomic_write_text(day_metrics_path(settings, ds), json.dumps(result, indent=2) + "\n")
     return result
 
 
