@@ -262,7 +262,7 @@ class KnowledgeSettings(BaseModel):
     # The first N warm-started snapshots of a lineage (N previous snapshots or fewer) have
     # their drift and norm ratio reported but not gated: a model trained from scratch on
     # one day still moves a lot on the next (docs/knowledge.md).
-    drift_warmup_snapshots: int = 1
+    drift_warmup_snapshots: int = 2
     # Not collapsed: std of pairwise cosines of a sample of mean-centred vectors, and the
     # share of the vectors' energy that varies between keys (E|v - mean|^2 / E|v|^2).
     min_pairwise_cosine_spread: float = 0.05
