@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import shutil
 import sys
 import tempfile
@@ -125,15 +124,44 @@ def _oracle(settings: Any, table: Any, ds: dt.date) -> np.ndarray | None:
     return np.array([by_id[i] for i in table.column("impression_id").to_pylist()], dtype=float)
 
 
+def _pretrain_held_out(settings: Any, ds: dt.date, lineages: list[str]) -> float | None:
+    """Click AUC on day ``ds`` of the pre-training model after ``ds - 1``: the lineage whose
+    snapshot of ``ds - 1`` was served on ``ds`` (else the lineage that has that day)."""
+    from keep.core.tables import PRETRAIN_SAMPLES, samples_spec
+    from keep.lake import delta
+    from keep.lake.knowledge import served_knowledge
+    from models.pretrain.checkpoint import checkpoint_days, load_checkpoint
+    from models.pretrain.features import sample_columns
+    from models.pretrain.train import evaluate
+
+    previous = ds - dt.timedelta(days=1)
+    served = served_knowledge(settings, ds)
+    candidates = [served[0]] if served else lineages
+    for lineage in candidates:
+        if previous in checkpoint_days(settings, lineage):
+            model = load_checkpoint(settings, previous, lineage).model
+            uri = delta.table_path(
+                settings, samples_spec(PRETRAIN_SAMPLES, settings.aggregate.windows)
+            )
+            metrics = evaluate(
+                model,
+                uri,
+                ds,
+                columns=sample_columns(settings.aggregate.windows),
+                max_seq_len=settings.aggregate.sequence_length,
+            )
+            value = metrics.get("click_auc")
+            return None if value is None else float(value)
+    return None
+
+
 def pretrain_vs_references(
     settings: Any, days: list[dt.date], history_days: int = 7
 ) -> list[dict[str, Any]]:
     """Per day: the pre-training model's held-out click AUC and the two references."""
     import pyarrow as pa
 
-    from keep.lake.knowledge import served_knowledge
     from models.evaluation import auc
-    from models.pretrain.checkpoint import metrics_path
     from models.pretrain.references import counter_logreg_scores, smoothed_rate_scores
 
     rows = []
@@ -146,14 +174,7 @@ def pretrain_vs_references(
             [_samples(settings, d) for d in days[max(0, i - history_days) : i]]
         )
         y, w = test.column("click").to_numpy(), test.column("weight").to_numpy()
-        # The model of d - 1: the lineage whose snapshot of d - 1 was served on d (the
-        # only lineage when nothing was published).
-        served = served_knowledge(settings, ds)
-        held_out = None
-        for lineage in [served[0]] if served else lineages:
-            path = metrics_path(settings, lineage, ds)
-            if path.is_file():
-                held_out = (json.loads(path.read_text()).get("eval") or {}).get("click_auc")
+        held_out = _pretrain_held_out(settings, ds, lineages)
         windows, strength = settings.aggregate.windows, settings.aggregate.prior_strength
         rates = smoothed_rate_scores(train, test, windows=windows, strength=strength)
         logreg = counter_logreg_scores(train, test, windows=windows, strength=strength)
@@ -176,21 +197,95 @@ def pretrain_vs_references(
 
 
 def build_world(
-    settings: Any, days: list[dt.date], *, until_step: str | None = None
+    settings: Any, days: list[dt.date], *, until_step: str, after_day: Any = None
 ) -> list[float]:
-    """Every daily step for every day, in this process; seconds per day."""
+    """Every daily step up to ``until_step`` for every day, in this process (then
+    ``after_day(ds)``); seconds per day."""
     from keep.flows import pipeline
 
     names = list(pipeline.STEPS)
-    steps = names[: names.index(until_step) + 1] if until_step else names
+    steps = names[: names.index(until_step) + 1]
     seconds = []
     for ds in days:
         began = time.perf_counter()
         for name in steps:
             pipeline.run_step(settings, name, ds)
+        if after_day is not None:
+            after_day(ds)
         seconds.append(time.perf_counter() - began)
         print(f"  day {ds}: {seconds[-1]:.0f} s", flush=True)
     return seconds
+
+
+# --------------------------------------------------------------------------- arms
+
+ARMS = ("base", "keep", "concat", "finetune", "superdomain_features")
+SWITCH_VARIANTS = ("reinit", "none")  # extra keep arms: the other lineage-switch rules
+
+
+class ArmsRun:
+    """Every arm and seed through the daily protocol of models/downstream/daily.py."""
+
+    def __init__(self, settings: Any, seeds: list[int]) -> None:
+        from models.downstream.daily import Arms
+
+        self.settings = settings
+        self.runs = {"main": Arms(settings, ARMS, seeds)}
+        for rule in SWITCH_VARIANTS:
+            down = settings.downstream.model_copy(update={"lineage_switch": rule})
+            self.runs[rule] = Arms(
+                settings.model_copy(update={"downstream": down}), ["keep"], seeds
+            )
+        self.per_seed: dict[str, dict[int, dict[str, dict[str, float]]]] = {}
+        self.oracle: dict[str, float] = {}
+        self.rows: dict[str, int] = {}
+        self.seconds = 0.0
+
+    def day(self, ds: dt.date) -> None:
+        """Write the day's training set, then evaluate and train every arm on it."""
+        from keep.lake.knowledge import served_knowledge
+        from keep.store.training_sets import write_training_set
+        from models.downstream.daily import day_table
+        from models.evaluation import auc
+
+        served = served_knowledge(self.settings, ds)
+        if served is None:
+            return
+        began = time.perf_counter()
+        lineage, snapshot = served
+        write_training_set(self.settings, ds, ds, lineage=lineage)
+        table = day_table(self.settings, ds, lineage)
+        day = ds.isoformat()
+        for name, run in self.runs.items():
+            for o in run.step(ds, table, lineage, snapshot):
+                if o.metrics is not None:
+                    arm = o.arm if name == "main" else f"keep_{name}"
+                    self.per_seed.setdefault(arm, {}).setdefault(o.seed, {})[day] = o.metrics
+        self.rows[day] = table.num_rows
+        self.seconds += time.perf_counter() - began
+        if "base" not in self.per_seed:
+            return  # the first day: arms were only trained
+        oracle = _oracle(self.settings, table, ds)
+        if oracle is not None:
+            y, w = table.column("click").to_numpy(), table.column("weight").to_numpy()
+            self.oracle[day] = auc(y, oracle, w)
+        seed = min(self.per_seed["base"])
+        line = " ".join(
+            f"{arm} {self.per_seed[arm][seed][day]['auc']:.4f}" for arm in self.per_seed
+        )
+        print(f"    {day} ({lineage}): {line} oracle {self.oracle.get(day, float('nan')):.4f}")
+
+    def summary(self, switch: dt.date | None, extra: dict[str, Any]) -> dict[str, Any]:
+        from models.evaluation import summarise_arms
+
+        noop = max(r.noop_at_init_max_abs_diff or 0.0 for r in self.runs.values())
+        return summarise_arms(
+            self.per_seed,
+            self.oracle,
+            switch_ds=switch.isoformat() if switch else None,
+            noop_at_init_max_abs_diff=noop,
+            **extra,
+        )
 
 
 def main() -> None:
@@ -215,14 +310,34 @@ def main() -> None:
     try:
         settings = default_world(root / "default", args, switch)
         print(f"default world in {settings.home}", flush=True)
-        report["day_seconds"] = build_world(settings, days)
-        report["pretrain_vs_references"] = {"default": pretrain_vs_references(settings, days)}
+        arms = ArmsRun(settings, args.seeds)
+        day_seconds = build_world(
+            settings, days, until_step="publish_knowledge", after_day=arms.day
+        )
+        references = {"default": pretrain_vs_references(settings, days)}
         if args.second_world_days:
             other = second_world(root / "second", args)
             print(f"second world in {other.home}", flush=True)
             other_days = _days(args.second_world_days)
             build_world(other, other_days, until_step="pretrain")
-            report["pretrain_vs_references"]["second"] = pretrain_vs_references(other, other_days)
+            references["second"] = pretrain_vs_references(other, other_days)
+        d = settings.downstream
+        grid = {
+            "every_arm": {
+                "learning_rate": d.learning_rate,
+                "batch_size": d.batch_size,
+                "epochs_per_day": d.epochs,
+                "hidden_dims": d.hidden_dims,
+                "embedding_dim": d.embedding_dim,
+            },
+            "tuned": "none: every arm runs the defaults of DownstreamSettings",
+            "lineage_switch_rule": d.lineage_switch,
+            "switch_variants": [f"keep_{r}" for r in SWITCH_VARIANTS],
+        }
+        report.update(arms.summary(switch, {"pretrain_vs_references": references, "grid": grid}))
+        report["day_seconds"] = day_seconds
+        report["arms_seconds"] = arms.seconds
+        report["rows_by_day"] = arms.rows
     finally:
         if not args.keep_home:
             shutil.rmtree(root, ignore_errors=True)

@@ -294,6 +294,7 @@ class Arms:
             )
             return ArmState(model, None, meta)
         base = build_model(self.config, "base", seed=seed)
+        _start_at_base_rate(base, table)
         if arm == "keep":
             model = plug_into(base, seed=seed)
             self._check_noop(base, model, table)
@@ -301,6 +302,7 @@ class Arms:
             model = base
         else:
             model = build_model(self.config, arm, seed=seed)
+            _start_at_base_rate(model, table)
         meta = DownstreamMeta(arm=arm, config=self.config.to_json(), seed=seed)
         return ArmState(model, None, meta)
 
@@ -424,6 +426,17 @@ class Arms:
                 if folder.is_dir():
                     for old in sorted(folder.glob("ds=*.pt"))[:-keep_days]:
                         old.unlink()
+
+
+def _start_at_base_rate(model: DownstreamModel, table: pa.Table) -> None:
+    """Set the click head's bias to the logit of the day's (weighted) click rate: a new model
+    starts calibrated instead of at 50 %, which matters when a sparse subsystem gives only a
+    few hundred steps a day."""
+    y = np.asarray(table.column("click").to_numpy(zero_copy_only=False), dtype=np.float64)
+    w = np.asarray(table.column("weight").to_numpy(zero_copy_only=False), dtype=np.float64)
+    rate = float(np.clip((y * w).sum() / max(w.sum(), 1e-12), 1e-4, 1 - 1e-4))
+    with torch.no_grad():
+        model.tower.head.bias.fill_(float(np.log(rate / (1 - rate))))
 
 
 def _compose(

@@ -276,7 +276,10 @@ def _plan(
         if ck.exists():
             parent_cfg = ModelConfig.from_json(read_snapshot(ck).meta["config"])
             if parent_cfg.fingerprint() == cfg.fingerprint():
-                return "warm_start", lineage, parent, [[ds]], 0
+                # A sliding window: the day and the days before it, shuffled together.
+                since = ds - dt.timedelta(days=settings.pretrain.warm_start_days - 1)
+                window = [d for d in days if since <= d <= ds]
+                return "warm_start", lineage, parent, [window], 0
             log.warning(
                 "model config changed since lineage %s (%s -> %s): starting a new lineage",
                 lineage,
