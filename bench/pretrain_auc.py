@@ -28,22 +28,6 @@ from _common import REPO, write_report
 sys.path.insert(0, str(REPO))
 
 
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Rank-based ROC AUC (Mann-Whitney U), ties averaged."""
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # Average the ranks of tied scores.
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1
-    ranks[order] = np.repeat(avg, counts)
-    pos = labels == 1
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def oracle_auc(settings: object, ds: dt.date) -> float | None:
     from keep.core.tables import IMPRESSIONS
     from keep.lake import delta
@@ -59,6 +43,8 @@ def oracle_auc(settings: object, ds: dt.date) -> float | None:
     bronze = DeltaTable(str(delta.table_path(settings, IMPRESSIONS))).to_pyarrow_table(  # type: ignore[arg-type]
         filters=[("ds", "=", ds.isoformat())], columns=["impression_id", "click"]
     )
+    from models.evaluation import auc
+
     joined = bronze.join(oracle, "impression_id", join_type="inner")
     return auc(np.asarray(joined.column("click").to_numpy()), np.asarray(joined.column("p_click")))
 
