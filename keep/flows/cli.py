@@ -36,7 +36,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 # Tables stay readable in logs and CI, where there is no terminal to size them by.
-out = Console(width=None if sys.stdout.isatty() else 110)
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
