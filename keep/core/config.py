@@ -139,6 +139,9 @@ class AirflowSettings(BaseModel):
 
     home: Path = Path("var/airflow")
     parallelism: int = 2
+    # Tries after an infrastructure error (a failed gate or refused input is never retried).
+    retries: int = 2
+    retry_delay_s: int = 300
     # In demo mode the DAG generates the day's raw files before ingesting them.
     demo_mode: bool = True
 
@@ -243,6 +246,21 @@ class DownstreamSettings(BaseModel):
     # space onto the old on shared keys), "reinit" (plug-in back to zero) or "none"
     # (models/downstream/daily.py; the default is chosen by measurement, docs/downstream.md).
     lineage_switch: str = "procrustes"
+    # --- the daily downstream DAG (dags/keep_downstream_ctr.py, docs/downstream.md) ---
+    # Versions of the model, their cards and the live pointer per subsystem.
+    registry_root: Path = Path("var/registry")
+    # Share of the newest day's impressions (by impression id hash) kept out of training:
+    # the model gate compares the candidate with the live version on them.
+    gate_holdout_fraction: float = 0.2
+    # The candidate's AUC may be at most this much below the live version's on the holdout.
+    gate_auc_margin: float = 0.02
+    # Predicted / observed clicks of the candidate on the holdout must lie within these.
+    gate_calibration_bounds: tuple[float, float] = (0.5, 2.0)
+    # Below this many clicks on the holdout, AUC and calibration are reported, not gated
+    # (their noise would decide the gate).
+    gate_min_clicks: int = 20
+    # A run trains on every labelled day after the live version's last one, at most this many.
+    max_catchup_days: int = 7
 
 
 class KnowledgeSettings(BaseModel):
@@ -302,6 +320,9 @@ class PipelineSettings(BaseModel):
 
     start_ds: dt.date = dt.date(2026, 1, 1)
     end_ds: dt.date = dt.date(2026, 1, 3)
+    # The scheduler's window for the daily DAG: from start_ds (a first unpause catches up
+    # every day since then, in order) to this day (None: no end).
+    schedule_end_ds: dt.date | None = None
 
 
 class Settings(BaseSettings):

@@ -402,3 +402,33 @@ def training_set_spec(windows: list[int]) -> TableSpec:
         partition_by=("knowledge_lineage", "ds"),
         schema=pa.schema(fields),
     )
+
+
+# --------------------------------------------------------------------------- model registry
+
+MODEL_REGISTRY = TableSpec(
+    name="registry.downstream_models",
+    description=(
+        "One row per registered version of a downstream subsystem's model: the knowledge "
+        "lineage and snapshot it was trained with, its training days, metrics, model-gate "
+        "report and card. Written by keep.store.model_registry (delta-rs, append only); the "
+        "live version is a pointer file beside the checkpoints, not a column."
+    ),
+    key=("subsystem", "version"),
+    partition_by=(),
+    schema=pa.schema(
+        [
+            _f("subsystem", pa.string(), False),
+            _f("version", pa.int64(), False),
+            _f("arm", pa.string(), False),
+            _f("knowledge_lineage", pa.string(), False),
+            _f("snapshot_ds", pa.string(), False),
+            _f("train_days", _list(pa.string(), False), False),
+            _f("metrics_json", pa.string(), False),
+            _f("gate_json", pa.string(), False),
+            _f("checkpoint", pa.string(), False),
+            _f("card", pa.string(), False),
+            _f("registered_at", TIMESTAMP, False),
+        ]
+    ),
+)

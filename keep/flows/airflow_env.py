@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import importlib.metadata
+import json
 import os
 import re
 import signal
@@ -52,6 +53,7 @@ from keep.core.errors import KeepError
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = REPO_ROOT / "dags"
 DAG_ID = "keep_daily_refresh"
+DOWNSTREAM_DAG_ID = "keep_downstream_ctr"
 
 # Sections of Settings passed to Airflow's processes as one JSON value each.
 _SECTIONS = tuple(name for name in Settings.model_fields if name != "home")
@@ -235,11 +237,12 @@ def init_airflow(settings: Settings, *, timeout: float = 300) -> bool:
 
 def dags_test(
     settings: Settings,
-    ds: dt.date,
+    ds: dt.date | None,
     *,
     dag_id: str = DAG_ID,
     timeout: float = 1800,
     fail_fast: bool = False,
+    conf: Mapping[str, object] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run one DagRun of ``dag_id`` for logical day ``ds`` with ``airflow dags test``.
 
@@ -254,11 +257,17 @@ def dags_test(
     blocked (tests, debugging).
     """
     init_airflow(settings)
+    args = ["dags", "test", dag_id]
+    if ds is not None:
+        args.append(ds.isoformat())
+    if conf is not None:
+        args += ["--conf", json.dumps(dict(conf))]
+    label = ds.isoformat() if ds is not None else str((conf or {}).get("snapshot_ds", "manual"))
     return run_airflow(
         settings,
-        ["dags", "test", dag_id, ds.isoformat()],
+        args,
         timeout=timeout,
-        log_name=f"dags_test-{dag_id}-{ds.isoformat()}.log",
+        log_name=f"dags_test-{dag_id}-{label}.log",
         abort_on=_failure_detector() if fail_fast else None,
     )
 

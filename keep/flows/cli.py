@@ -394,6 +394,86 @@ def redis_stop(
     out.print("stopped" if stopped else f"no redis-server running for {directory}")
 
 
+models = typer.Typer(
+    help="The downstream model registry: versions, the live one, promotion and rollback "
+    "(docs/downstream.md, 'Model registry').",
+    no_args_is_help=True,
+)
+app.add_typer(models, name="models")
+
+SubsystemOpt = Annotated[
+    str | None,
+    typer.Option(help="Downstream subsystem (default: downstream.scenario)."),
+]
+
+
+@models.command("list")
+@_friendly
+def models_list(subsystem: SubsystemOpt = None) -> None:
+    """Every registered version: knowledge lineage and snapshot, days, holdout AUC, gate."""
+    from keep.store import model_registry as registry
+
+    settings = load_settings()
+    name = subsystem or settings.downstream.scenario
+    found = registry.versions(settings, name)
+    table = Table(title=f"{name} model versions ({settings.downstream.registry_root})")
+    for col in (
+        "version",
+        "live",
+        "knowledge lineage",
+        "snapshot",
+        "trained on",
+        "AUC",
+        "gate",
+        "registered",
+    ):
+        table.add_column(col)
+    for v in found:
+        auc = ((v.metrics.get("holdout") or {}).get("candidate") or {}).get("auc")
+        table.add_row(
+            f"v{v.version}",
+            "[bold green]live[/]" if v.live else "",
+            v.knowledge_lineage,
+            v.snapshot_ds,
+            ", ".join(v.train_days),
+            _auc(auc),
+            "passed" if v.gate.get("success") else "FAILED",
+            v.registered_at,
+        )
+    out.print(table)
+    if not found:
+        out.print(
+            f"no {name} model registered yet: the downstream DAG registers one per publication"
+        )
+
+
+@models.command("promote")
+@_friendly
+def models_promote(
+    version: Annotated[
+        int, typer.Argument(help="Version number to make live (see `keep models list`).")
+    ],
+    subsystem: SubsystemOpt = None,
+) -> None:
+    """Make a registered version live (the current one can be rolled back to)."""
+    from keep.store import model_registry as registry
+
+    settings = load_settings()
+    v = registry.promote(settings, subsystem or settings.downstream.scenario, version)
+    out.print(f"{v.name} is live (knowledge {v.knowledge_lineage} / {v.snapshot_ds})")
+
+
+@models.command("rollback")
+@_friendly
+def models_rollback(subsystem: SubsystemOpt = None) -> None:
+    """Make the version that was live before the current one live again."""
+    from keep.store import model_registry as registry
+
+    settings = load_settings()
+    v = registry.rollback(settings, subsystem or settings.downstream.scenario)
+    out.print(f"{v.name} is live again (knowledge {v.knowledge_lineage} / {v.snapshot_ds})")
+
+
 @app.command("import-taobao")
 @_friendly
 def import_taobao(
@@ -548,10 +628,11 @@ def _summary_table(results: list[Any], scenario: str = "ads") -> Table:
         "lineage",
         *[f"{arm} AUC" for arm in arms],
         "oracle AUC",
+        "model",
         "gates",
     )
     for name in names:
-        left = name in ("day", "gates", "lineage")
+        left = name in ("day", "gates", "lineage", "model")
         table.add_column(name, justify="left" if left else "right")
     for r in results:
         imp = r.counts.get("impressions")
@@ -565,6 +646,7 @@ def _summary_table(results: list[Any], scenario: str = "ads") -> Table:
             r.lineage or "-",
             *[_auc(r.downstream_auc.get(arm)) for arm in arms],
             _auc(r.downstream_oracle_auc),
+            r.downstream_model or "-",
             gate,
         )
     return table

@@ -194,7 +194,8 @@ Step = Callable[[Settings, dt.date], Any]
 
 # The daily pipeline, in order: the Airflow DAG has one task per entry (its task id is the
 # name), ``keep run`` calls them one after the other. Each gate (validate*) stops
-# everything after it.
+# everything after it. The publication triggers the downstream model refresh
+# (keep.flows.downstream, dags/keep_downstream_ctr.py).
 STEPS: dict[str, Step] = {
     "land_raw": land_raw,
     "ingest": ingest,
@@ -207,7 +208,6 @@ STEPS: dict[str, Step] = {
     "export_knowledge": export_knowledge,
     "validate_knowledge": validate_knowledge,
     "publish_knowledge": publish_knowledge,
-    "train_downstream": train_downstream,
 }
 
 
@@ -281,6 +281,9 @@ class DayResult:
     # and the generator's oracle on the same impressions (synthetic worlds only).
     downstream_auc: dict[str, float | None] = field(default_factory=dict)
     downstream_oracle_auc: float | None = None
+    # What the downstream refresh did after the publication: "registered <name>",
+    # "rejected: <gate summary>" or "skipped".
+    downstream_model: str = ""
     gate_passed: bool = False
     gate_summary: str = ""
 
@@ -304,15 +307,29 @@ def run_day(settings: Settings, ds: dt.date, *, land: bool | None = None) -> Day
             elif name == "pretrain":
                 result.click_auc = outcome.get("metrics", {}).get("click_auc")
                 result.lineage = outcome.get("lineage")
-            elif name == "train_downstream":
-                result.downstream_auc = downstream_aucs(outcome)
-                result.downstream_oracle_auc = downstream_oracle_auc(settings, ds)
+            elif name == "publish_knowledge":
+                from keep.flows import downstream
+
+                refreshed = downstream.run_event(settings, [outcome])
+                result.downstream_model = _model_outcome(refreshed)
     except GateFailed as failed:
         result.gate_summary = str(failed)
         return result
+    from models.downstream.daily import read_day_metrics
+
+    result.downstream_auc = downstream_aucs(read_day_metrics(settings, ds) or {})
+    result.downstream_oracle_auc = downstream_oracle_auc(settings, ds)
     result.gate_passed = True
     result.gate_summary = f"all gates passed for {ds}"
     return result
+
+
+def _model_outcome(refreshed: dict[str, Any]) -> str:
+    if refreshed["status"] == "registered":
+        return f"registered {refreshed['name']}"
+    if refreshed["status"] == "rejected":
+        return f"rejected: {refreshed['reason']}"
+    return "skipped"
 
 
 def ingest_counts(outcome: dict[str, Any]) -> dict[str, SourceCounts]:
@@ -321,8 +338,17 @@ def ingest_counts(outcome: dict[str, Any]) -> dict[str, SourceCounts]:
 
 
 def run_day_airflow(settings: Settings, ds: dt.date) -> DayResult:
-    """Run ``ds`` through the real DAG (``airflow dags test``), then read back its audit."""
-    from keep.flows.airflow_env import AirflowCommandError, dags_test, task_states
+    """Run ``ds`` through the real DAGs (``airflow dags test``): the daily refresh, then the
+    downstream model refresh on the knowledge it published (what the Asset event triggers
+    under a running scheduler; ``dags test`` passes the event as the run's conf). Then read
+    back the day's audit and metrics."""
+    from keep.flows import downstream
+    from keep.flows.airflow_env import (
+        DOWNSTREAM_DAG_ID,
+        AirflowCommandError,
+        dags_test,
+        task_states,
+    )
 
     try:
         dags_test(settings, ds, fail_fast=True)
@@ -330,6 +356,17 @@ def run_day_airflow(settings: Settings, ds: dt.date) -> DayResult:
         return DayResult(ds=ds, counts=audit_counts(settings, ds), gate_summary=str(exc))
     states = task_states(settings, ds)
     passed = all(states.get(step) == "success" for step in STEPS)
+    model = ""
+    event = downstream.knowledge_event(settings) if passed else None
+    if event is not None and event["snapshot_ds"] == ds.isoformat():
+        try:
+            dags_test(settings, None, dag_id=DOWNSTREAM_DAG_ID, conf=event, fail_fast=True)
+            from keep.store import model_registry
+
+            live = model_registry.live(settings, downstream.subsystem(settings))
+            model = f"live {live.name}" if live else "no live version"
+        except AirflowCommandError as exc:
+            model = f"downstream DAG failed: {str(exc).splitlines()[0]}"
     lineage, click_auc = held_out_click_auc(settings, ds)
     from models.downstream.daily import read_day_metrics
 
@@ -341,6 +378,7 @@ def run_day_airflow(settings: Settings, ds: dt.date) -> DayResult:
         click_auc=click_auc,
         downstream_auc=downstream_aucs(read_day_metrics(settings, ds) or {}),
         downstream_oracle_auc=downstream_oracle_auc(settings, ds),
+        downstream_model=model,
         gate_passed=passed,
         gate_summary=f"Airflow task states for {ds}: {states}",
     )

@@ -348,10 +348,18 @@ class Arms:
         return rule
 
     def step(
-        self, ds: dt.date, table: pa.Table, lineage: str, snapshot: dt.date, *, train: bool = True
+        self,
+        ds: dt.date,
+        table: pa.Table,
+        lineage: str,
+        snapshot: dt.date,
+        *,
+        train: bool = True,
+        train_table: pa.Table | None = None,
     ) -> list[DayOutcome]:
         """Evaluate every arm and seed on day ``ds`` (models trained through ``ds - 1``),
-        then train them on it."""
+        then train them on it (on ``train_table`` when given: a subset of ``table``'s rows,
+        e.g. without a holdout)."""
         outcomes = []
         for arm in self.arms:
             for seed in self.seeds:
@@ -370,7 +378,9 @@ class Arms:
                     scores = predict(state.model, aligned(table, state.meta.alignment))
                     outcome = DayOutcome(arm, seed, metrics_of(table, scores), switched, scores)
                 if train:
-                    rows = aligned(table, state.meta.alignment)
+                    rows = aligned(
+                        table if train_table is None else train_table, state.meta.alignment
+                    )
                     report = train_on(
                         state.model,
                         rows,
@@ -395,28 +405,40 @@ class Arms:
                 state.model, state.meta, model_path(self.settings, arm, seed, ds), state.optimizer
             )
 
+    def load(self, arm: str, seed: int, path: Path) -> None:
+        """Warm start ``(arm, seed)`` from the checkpoint at ``path`` (weights, optimizer)."""
+        loaded = load_model(path)
+        optimizer = PretrainOptimizer(loaded.model, self.settings.downstream)
+        if loaded.optimizer_state:
+            optimizer.load_state_dict(loaded.optimizer_state)
+        loaded.model.train()
+        self.states[(arm, seed)] = ArmState(loaded.model, optimizer, loaded.meta)
+
+    def switch(self, arm: str, seed: int, lineage: str, snapshot: dt.date) -> str | None:
+        """Apply the lineage-switch rule to ``(arm, seed)`` now (see :meth:`_switch`)."""
+        return self._switch(self.states[(arm, seed)], lineage, snapshot)
+
+    def newest_checkpoint(self, arm: str, seed: int, before: dt.date) -> Path | None:
+        """``(arm, seed)``'s newest daily checkpoint of a day before ``before``."""
+        folder = model_path(self.settings, arm, seed, before).parent
+        if not folder.is_dir():
+            return None
+        found = sorted(
+            d
+            for d in (
+                dt.date.fromisoformat(p.stem.removeprefix("ds=")) for p in folder.glob("ds=*.pt")
+            )
+            if d < before
+        )
+        return model_path(self.settings, arm, seed, found[-1]) if found else None
+
     def load_latest(self, before: dt.date) -> None:
         """Warm start: each arm's and seed's newest checkpoint of a day before ``before``."""
         for arm in self.arms:
             for seed in self.seeds:
-                folder = model_path(self.settings, arm, seed, before).parent
-                days = (
-                    sorted(
-                        dt.date.fromisoformat(p.stem.removeprefix("ds="))
-                        for p in folder.glob("ds=*.pt")
-                    )
-                    if folder.is_dir()
-                    else []
-                )
-                days = [d for d in days if d < before]
-                if not days:
-                    continue
-                loaded = load_model(model_path(self.settings, arm, seed, days[-1]))
-                optimizer = PretrainOptimizer(loaded.model, self.settings.downstream)
-                if loaded.optimizer_state:
-                    optimizer.load_state_dict(loaded.optimizer_state)
-                loaded.model.train()
-                self.states[(arm, seed)] = ArmState(loaded.model, optimizer, loaded.meta)
+                path = self.newest_checkpoint(arm, seed, before)
+                if path is not None:
+                    self.load(arm, seed, path)
 
     def prune(self, keep_days: int) -> None:
         """Delete each arm's checkpoints but the newest ``keep_days``."""

@@ -39,6 +39,9 @@ for dag_id, dag in bag.dags.items():
         "catchup": dag.catchup,
         "schedule": str(dag.schedule),
         "start_date": dag.start_date.isoformat() if dag.start_date else None,
+        "end_date": dag.end_date.isoformat() if dag.end_date else None,
+        "asset_triggers": sorted(a.name for a in getattr(
+            getattr(dag.timetable, "asset_condition", None), "objects", [])),
         "doc_md": dag.doc_md,
         "tasks": {
             t.task_id: {
@@ -49,6 +52,8 @@ for dag_id, dag in bag.dags.items():
                 "has_failure_callback": bool(t.on_failure_callback),
                 "downstream": sorted(t.downstream_task_ids),
                 "outlets": [getattr(o, "name", str(o)) for o in t.outlets],
+                "pool": t.pool,
+                "upstream": sorted(t.upstream_task_ids),
             }
             for t in dag.tasks
         },
@@ -121,7 +126,6 @@ def test_daily_refresh_shape(dagbag: dict[str, Any], settings: Settings) -> None
         "export_knowledge",
         "validate_knowledge",
         "publish_knowledge",
-        "train_downstream",
     ]
     assert set(tasks) == set(chain)
     # A chain in this order, nothing else: every gate stops everything after it.
@@ -129,7 +133,9 @@ def test_daily_refresh_shape(dagbag: dict[str, Any], settings: Settings) -> None
         task: chain[i + 1 : i + 2] for i, task in enumerate(chain)
     }
     assert dag["max_active_runs"] == 1
-    assert dag["catchup"] is False
+    # Missed days are caught up, in order (one run at a time, each after the day before).
+    assert dag["catchup"] is True
+    assert dag["end_date"] is None  # pipeline.schedule_end_ds: no end by default
     assert dag["schedule"] == "@daily"
     assert {"keep", "daily"} <= set(dag["tags"])
     start = dt.datetime.fromisoformat(dag["start_date"])
@@ -141,6 +147,28 @@ def test_daily_refresh_shape(dagbag: dict[str, Any], settings: Settings) -> None
         assert task["has_failure_callback"], task_id
         # Only the publication announces the knowledge Asset (after every gate passed).
         expected = ["keep_knowledge"] if task_id == "publish_knowledge" else []
+        assert task["outlets"] == expected, task_id
+        assert task["pool"] == "keep_compute", task_id
+
+
+def test_downstream_dag_shape(dagbag: dict[str, Any]) -> None:
+    dag = dagbag["dags"]["keep_downstream_ctr"]
+    tasks = dag["tasks"]
+    # Triggered by the knowledge Asset only, one run at a time, no date-driven catch-up.
+    assert dag["asset_triggers"] == ["keep_knowledge"]
+    assert dag["catchup"] is False and dag["max_active_runs"] == 1
+    assert {t: v["upstream"] for t, v in tasks.items()} == {
+        "plan": [],
+        "training_set": ["plan"],
+        "train": ["plan", "training_set"],
+        "evaluate": ["plan", "train"],
+        "model_gate": ["evaluate"],
+        "register": ["evaluate", "model_gate"],
+    }
+    for task_id, task in tasks.items():
+        assert task["pool"] == "keep_compute", task_id
+        assert task["depends_on_past"] is False, task_id  # asset runs have no logical date
+        expected = ["keep_downstream_model"] if task_id == "register" else []
         assert task["outlets"] == expected, task_id
 
 
