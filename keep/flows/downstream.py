@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from typing import Any
 
 from keep.core.config import Settings
@@ -38,6 +39,17 @@ from keep.core.time import days as day_range
 from keep.lake import delta
 
 log = logging.getLogger(__name__)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: task results travel as strict JSON (XCom)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def subsystem(settings: Settings) -> str:
@@ -141,12 +153,14 @@ def train(settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
     """Train the candidate (and the control); its files and progressive metrics."""
     from models.downstream.candidate import train_candidate
 
-    return train_candidate(
-        settings,
-        lineage=run["lineage"],
-        snapshot_ds=run["snapshot_ds"],
-        days=run["days"],
-        live_checkpoint=run.get("live_checkpoint"),
+    return json_safe(
+        train_candidate(
+            settings,
+            lineage=run["lineage"],
+            snapshot_ds=run["snapshot_ds"],
+            days=run["days"],
+            live_checkpoint=run.get("live_checkpoint"),
+        )
     )
 
 
@@ -175,7 +189,7 @@ def evaluate(settings: Settings, run: dict[str, Any], trained: dict[str, Any]) -
     }
     path = day_metrics_path(settings, dt.date.fromisoformat(newest["ds"]))
     atomic_write_text(path, json.dumps(day, indent=2) + "\n")
-    return {**trained, "holdout": holdout, "subsystem": run["subsystem"]}
+    return json_safe({**trained, "holdout": holdout, "subsystem": run["subsystem"]})
 
 
 def gate(settings: Settings, evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -201,7 +215,7 @@ def gate(settings: Settings, evaluation: dict[str, Any]) -> dict[str, Any]:
             {"status": "rejected", "gate": report, "holdout": evaluation["holdout"]},
         )
         raise GateFailed(report["summary"])
-    return report
+    return json_safe(report)
 
 
 def _pinned_lineage(checkpoint: str) -> str:

@@ -235,7 +235,8 @@ def _card(v: ModelVersion) -> str:
         f"- arm: `{v.arm}` (downstream model with the KEEP plug-in network)",
         f"- knowledge: lineage `{v.knowledge_lineage}`, snapshot {v.snapshot_ds}; it must be "
         "served with knowledge of this lineage only",
-        f"- trained on days: {', '.join(v.train_days) or '-'}",
+        f"- trained on days: {', '.join(v.train_days) or '-'} (warm-started from the version "
+        "live before it)",
         f"- registered: {v.registered_at}",
         "",
         "## Holdout of the newest day (model gate)",
