@@ -79,7 +79,7 @@ _settings = load_settings()
     default_args={
         "owner": "keep",
         "retries": 2,
-        "retry_delay": dt.timedelta(minutes=5),
+        "retry_delay": dt.timedelta(seconds=_settings.airflow.retry_delay_s),
         "depends_on_past": True,
         "execution_timeout": dt.timedelta(hours=2),
         "on_failure_callback": _on_failure,
