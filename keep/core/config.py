@@ -153,6 +153,10 @@ class AirflowSettings(BaseModel):
     # The API server (UI, REST API v2, the tasks' Execution API).
     api_host: str = "127.0.0.1"
     api_port: int = 28080
+    # None: Airflow's SimpleAuthManager with every user an admin, the one-machine default
+    # (the API server listens on 127.0.0.1). Production: a real auth manager's class path,
+    # configured through its own AIRFLOW__* settings (docs/airflow.md).
+    auth_manager: str | None = None
     # LocalExecutor: tasks run on this machine. Several machines: CeleryExecutor or
     # KubernetesExecutor (docs/airflow.md says what else each needs).
     executor: str = "LocalExecutor"

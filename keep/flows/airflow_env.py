@@ -26,7 +26,8 @@ so the password is never in a process environment; the executor, the Execution A
 the dag processor's refresh interval and the task heartbeat timeout come from
 ``settings.airflow``. Both modes share ``AIRFLOW_HOME`` (its ``airflow.cfg`` holds the
 JWT secret every process must agree on) and the API server's settings: SimpleAuthManager
-with every user an admin, on 127.0.0.1 (the one-machine default; see docs/airflow.md).
+with every user an admin, on 127.0.0.1 (the one-machine default; ``airflow.auth_manager``
+names another; see docs/airflow.md).
 
 The generated values win over the parent environment, so a stray ``AIRFLOW__*`` variable
 cannot point a run at another deployment's database; settings that the generated
@@ -138,10 +139,6 @@ def airflow_environ(settings: Settings, *, services: bool = False) -> dict[str, 
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": parallelism,
         # Days of one DAG never overlap (each day's state builds on the day before).
         "AIRFLOW__CORE__MAX_ACTIVE_RUNS_PER_DAG": "1",
-        # The API server: SimpleAuthManager, every user an admin; it listens on api_host
-        # (127.0.0.1 by default), so only this machine's users reach it (docs/airflow.md).
-        "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
         "AIRFLOW__API__HOST": settings.airflow.api_host,
         "AIRFLOW__API__PORT": str(settings.airflow.api_port),
         "AIRFLOW__API__BASE_URL": api_url(settings),
@@ -152,6 +149,13 @@ def airflow_environ(settings: Settings, *, services: bool = False) -> dict[str, 
         ),
         "KEEP_HOME": str(settings.home),
     }
+    if settings.airflow.auth_manager:
+        env["AIRFLOW__CORE__AUTH_MANAGER"] = settings.airflow.auth_manager
+    else:
+        # SimpleAuthManager, every user an admin: the API server listens on api_host
+        # (127.0.0.1 by default), so only this machine's users reach it (docs/airflow.md).
+        env["AIRFLOW__CORE__AUTH_MANAGER"] = SIMPLE_AUTH_MANAGER
+        env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"
     if services:
         env.update(
             {

@@ -96,6 +96,11 @@ def test_services_environment_keeps_the_password_out(tmp_path: Path) -> None:
     )
     assert env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] == "42"
     assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "True"
+    other = settings.model_copy(deep=True)
+    other.airflow.auth_manager = "example.AuthManager"
+    env = airflow_environ(other, services=True)
+    assert env["AIRFLOW__CORE__AUTH_MANAGER"] == "example.AuthManager"
+    assert "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS" not in env
     # The embedded mode (airflow dags test) keeps its SQLite DB.
     embedded = airflow_environ(settings)
     assert embedded["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite:////")
@@ -171,7 +176,16 @@ def test_up_status_rest_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         result = runner.invoke(cli.app, ["airflow", "status"])
         assert result.exit_code == 0, result.output
         assert "scheduler: healthy" in result.output and "dag_processor: healthy" in result.output
-        # No Airflow process holds the password in its environment.
+        # The password is in its two 0600 files only: no log, no airflow.cfg, ...
+        holding = [
+            str(path.relative_to(home))
+            for path in home.rglob("*")
+            if path.is_file()
+            and "/data/" not in str(path)
+            and password in path.read_text(errors="replace")
+        ]
+        assert sorted(holding) == ["postgres/password", "run/database.url"]
+        # ... and no Airflow process holds it in its environment.
         for name in airflow_services.SERVICES:
             environ = psutil.Process(int(pid_file(settings, name).read_text())).environ()
             assert not any(password in value for value in environ.values()), name
