@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -56,7 +57,12 @@ _HEALTHY = ("metadatabase", "scheduler", "dag_processor")
 _STOP_GRACE_S = 30.0
 # A pid file is written right after its process started.
 _PID_FILE_SKEW_S = 10.0
-_LOG_TAIL_CHARS = 1500
+_LOG_TAIL_CHARS = 4000
+# A log line saying why a process stopped: a structured error record, or a traceback's end.
+_ERROR_LINE = re.compile(r"\[(?:error|critical)\s*\]|^[\w.]*(?:Error|Exception)\b|FATAL")
+# A structured log record's timestamp and level, and its logger and location.
+_RECORD_HEAD = re.compile(r"^\S+\s+\[\w+\s*\]\s*")
+_RECORD_TAIL = re.compile(r"\s+\[[\w.]+\]\s+loc=\S+.*$")
 
 
 class AirflowServiceError(KeepError):
@@ -248,6 +254,21 @@ def _log_tail(path: Path) -> str:
         return f.read().decode(errors="replace")
 
 
+def _reason(settings: Settings, tail: str) -> str:
+    """The line of a log's tail that says why a process stopped."""
+    text = tail.rsplit("--- keep: starting airflow", 1)[-1]
+    lines = [ln.strip() for ln in text.splitlines()[1:] if ln.strip()]
+    errors = [ln for ln in lines if _ERROR_LINE.search(ln)]
+    reason = (errors or lines or ["no output"])[-1]
+    reason = _RECORD_TAIL.sub("", _RECORD_HEAD.sub("", reason))[:300]
+    if "address already in use" in text.lower():
+        reason += (
+            f" (port {settings.airflow.api_port} is taken: set airflow.api_port, "
+            "KEEP_AIRFLOW__API_PORT)"
+        )
+    return reason
+
+
 # --------------------------------------------------------------------------- up / down
 
 
@@ -322,7 +343,8 @@ def _wait_healthy(
                 if _running(settings, name) is None:
                     log = log_file(settings, name)
                     raise AirflowServiceError(
-                        f"airflow {name} exited at start (log: {log}):\n{_log_tail(log)}"
+                        f"airflow {name} exited at start: {_reason(settings, _log_tail(log))}; "
+                        f"log: {log}"
                     )
             try:
                 health = client.health()

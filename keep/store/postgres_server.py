@@ -172,9 +172,23 @@ def running(directory: Path) -> PostgresServer | None:
     return PostgresServer(host=state["host"], port=int(state["port"]), pid=pid, directory=directory)
 
 
-def _log_tail(directory: Path, chars: int = 2000) -> str:
+def _log_size(directory: Path) -> int:
     log = directory / LOG_FILE
-    return log.read_text(errors="replace")[-chars:] if log.is_file() else ""
+    return log.stat().st_size if log.is_file() else 0
+
+
+def _start_failure(directory: Path, since: int, port: int) -> str:
+    """The reason PostgreSQL gave in its log (written after offset ``since``), one line."""
+    log = directory / LOG_FILE
+    with open(log, "rb") as f:
+        f.seek(since)
+        lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    reasons = [ln for ln in lines if any(w in ln for w in ("FATAL", "ERROR", "PANIC"))]
+    reason = (reasons or lines or ["no output"])[-1]
+    reason = reason.split("FATAL:", 1)[-1].strip() if "FATAL:" in reason else reason
+    if any("Address already in use" in ln for ln in lines):
+        reason += f" (port {port} is taken: set airflow.postgres_port, KEEP_AIRFLOW__POSTGRES_PORT)"
+    return reason
 
 
 def _initdb(bin_dir: Path, directory: Path, run_as: dict[str, Any]) -> None:
@@ -264,6 +278,7 @@ def start(
     if not (directory / DATA_DIR / "PG_VERSION").is_file():
         _initdb(bin_dir, directory, run_as)
     socket_dir = str(directory) if len(f"{directory}/.s.PGSQL.{port}") <= _MAX_SOCKET_PATH else ""
+    log_start = _log_size(directory)
     with open(directory / LOG_FILE, "ab") as log:
         proc = subprocess.Popen(
             [
@@ -298,8 +313,8 @@ def start(
         if proc.poll() is not None:
             (directory / PID_FILE).unlink(missing_ok=True)
             raise SetupError(
-                f"postgres exited at start ({proc.returncode}; log: {directory / LOG_FILE}):\n"
-                f"{_log_tail(directory)}"
+                f"PostgreSQL did not start on {host}:{port}: "
+                f"{_start_failure(directory, log_start, port)}; log: {directory / LOG_FILE}"
             )
         try:
             _ensure_database(server)

@@ -106,3 +106,19 @@ def test_unreachable_folder_is_a_setup_error(tmp_path: Path) -> None:
     tmp_path.chmod(0o700)
     with pytest.raises(SetupError, match="chmod o\\+x"):
         start(tmp_path / "pg", port=free_port())
+
+
+def test_taken_port_is_one_clear_line(tmp_path: Path) -> None:
+    let_postgres_in(tmp_path)
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        with pytest.raises(SetupError) as failed:
+            start(tmp_path / "pg", port=port)
+    message = str(failed.value)
+    assert "\n" not in message
+    assert f"port {port} is taken" in message and "postgres.log" in message
+    assert postmasters(tmp_path / "pg" / "data") == []
+    assert not (tmp_path / "pg" / postgres_server.PID_FILE).exists()
