@@ -170,7 +170,7 @@ class AirflowClient:
         """Events of the Asset named ``asset_name``, oldest first (``extra``,
         ``source_dag_id``, ``source_task_id``, ``source_run_id``, ``timestamp``)."""
         events = self._pages(
-            "/assets/events", "asset_events", {"name_pattern": asset_name, "order_by": "id"}
+            "/assets/events", "asset_events", {"name_pattern": asset_name, "order_by": "timestamp"}
         )
         return [e for e in events if e.get("name") == asset_name]
 
