@@ -19,6 +19,14 @@ command -v java >/dev/null 2>&1 || [ -n "${JAVA_HOME:-}" ] || need_apt+=(openjdk
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 # Redis online store (Feast): tests start a private redis-server (keep/store/redis_server.py).
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# Metadata DB of `keep airflow up`: a private PostgreSQL run from Debian's binaries
+# (keep/store/postgres_server.py), found on PATH or in /usr/lib/postgresql/<major>/bin.
+have_initdb() {
+  command -v initdb >/dev/null 2>&1 && return 0
+  for bin in /usr/lib/postgresql/*/bin/initdb; do [ -x "$bin" ] && return 0; done
+  return 1
+}
+have_initdb || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing ${need_apt[*]} (Debian packages)"

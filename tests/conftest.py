@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,22 @@ def make_settings(home: Path, **overrides: object) -> Settings:
         else:
             base[key] = value
     return load_settings(**base)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a private server in a test)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def let_postgres_in(path: Path) -> None:
+    """Let other users through ``path`` and the folders above it (x, not r): as root, the
+    private PostgreSQL runs as the postgres user, and pytest's temp folders are 0700."""
+    for folder in (path, *path.parents):
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            folder.chmod(mode | 0o001)
 
 
 @pytest.fixture(scope="session")

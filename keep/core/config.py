@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -139,11 +140,33 @@ class AirflowSettings(BaseModel):
 
     home: Path = Path("var/airflow")
     parallelism: int = 2
-    # Tries after an infrastructure error (a failed gate or refused input is never retried).
+    # Retries after an infrastructure error, this far apart (a failed gate or input a step
+    # refuses is never retried: dags/, keep.flows.dag_support).
     retries: int = 2
     retry_delay_s: int = 300
     # In demo mode the DAG generates the day's raw files before ingesting them.
     demo_mode: bool = True
+    # The metadata DB of the running services (`keep airflow up`, docs/airflow.md), as a
+    # SQLAlchemy URL, e.g. postgresql+psycopg2://user:password@host:5432/airflow. None: a
+    # private PostgreSQL that `keep airflow up` starts under <home>/postgres. Airflow's
+    # processes read it from a 0600 file, never from their environment; `keep config` masks
+    # its password. `airflow dags test` (the embedded demo path) keeps its SQLite DB.
+    database_url: str | None = None
+    # Port of that private PostgreSQL (127.0.0.1 only).
+    postgres_port: int = 54329
+    # The API server (UI, REST API v2, the tasks' Execution API).
+    api_host: str = "127.0.0.1"
+    api_port: int = 28080
+    # None: Airflow's SimpleAuthManager with every user an admin, the one-machine default
+    # (the API server listens on 127.0.0.1). Production: a real auth manager's class path,
+    # configured through its own AIRFLOW__* settings (docs/airflow.md).
+    auth_manager: str | None = None
+    # LocalExecutor: tasks run on this machine. Several machines: CeleryExecutor or
+    # KubernetesExecutor (docs/airflow.md says what else each needs).
+    executor: str = "LocalExecutor"
+    # A running task whose heartbeat stops this long (its process died) is failed by the
+    # scheduler, then retried.
+    heartbeat_timeout_s: int = 120
 
 
 class AggregateSettings(BaseModel):
@@ -391,6 +414,22 @@ class Settings(BaseSettings):
         }
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@?#]*:)[^/?#]*@")
+
+
+def mask_password(url: str) -> str:
+    """``url`` with its password (``scheme://user:password@host``) replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\g<head>***@", url)
+
+
+def display_settings(settings: Settings) -> dict[str, Any]:
+    """The settings as JSON-able data for people (``keep config``): secrets masked."""
+    data = settings.model_dump(mode="json")
+    if data["airflow"].get("database_url"):
+        data["airflow"]["database_url"] = mask_password(data["airflow"]["database_url"])
+    return data
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -18,11 +18,20 @@ so it needs no network, no JWT secret and no ``execution_api_server_url`` (Airfl
 a random JWT secret and Fernet key into the generated ``airflow.cfg`` on first use, which
 a scheduler and API server sharing that home then agree on).
 
+The running services (``keep airflow up``, :mod:`keep.flows.airflow_services`) use the
+same function with ``services=True``: the metadata DB is ``settings.airflow.database_url``
+or the private PostgreSQL under ``<airflow home>/postgres``, read by Airflow through
+``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD`` from a 0600 file (:func:`database_url_file`),
+so the password is never in a process environment; the executor, the Execution API URL,
+the dag processor's refresh interval and the task heartbeat timeout come from
+``settings.airflow``. Both modes share ``AIRFLOW_HOME`` (its ``airflow.cfg`` holds the
+JWT secret every process must agree on) and the API server's settings: SimpleAuthManager
+with every user an admin, on 127.0.0.1 (the one-machine default; ``airflow.auth_manager``
+names another; see docs/airflow.md).
+
 The generated values win over the parent environment, so a stray ``AIRFLOW__*`` variable
 cannot point a run at another deployment's database; settings that the generated
-environment does not fix (e.g. the executor: LocalExecutor by default) can still be set
-by the caller. Scaling out (Postgres metadata DB, Celery / Kubernetes executor) means
-adding those as fields of ``settings.airflow`` and emitting them here.
+environment does not fix can still be set by the caller.
 
 Usage::
 
@@ -32,12 +41,15 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import importlib.metadata
 import json
 import os
 import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -57,7 +69,15 @@ DOWNSTREAM_DAG_ID = "keep_downstream_ctr"
 
 # Sections of Settings passed to Airflow's processes as one JSON value each.
 _SECTIONS = tuple(name for name in Settings.model_fields if name != "home")
-_MIGRATED_MARKER = ".keep-db-migrated"
+_MIGRATED_MARKER = ".keep-db-migrated"  # + "-<hash of the database URL>"
+# The pool every Spark / torch task runs in: one slot, so they never overlap on a small machine.
+COMPUTE_POOL = "keep_compute"
+COMPUTE_POOL_SLOTS = 1
+SIMPLE_AUTH_MANAGER = (
+    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+)
+# The dag processor looks for new or removed DAG files this often (seconds).
+_DAG_REFRESH_S = 20
 _LOG_TAIL_LINES = 20
 _ABORT_GRACE_S = 3.0
 _EXIT_GRACE_S = 20.0
@@ -88,12 +108,25 @@ def airflow_version() -> str:
 
 
 def metadata_db(settings: Settings) -> Path:
+    """The SQLite metadata DB of ``airflow dags test`` (the embedded mode)."""
     return settings.airflow.home / "airflow.db"
 
 
-def airflow_environ(settings: Settings) -> dict[str, str]:
+def database_url_file(settings: Settings) -> Path:
+    """The 0600 file holding the services' metadata DB URL (written by ``keep airflow up``)."""
+    return settings.airflow.home / "run" / "database.url"
+
+
+def api_url(settings: Settings) -> str:
+    """Base URL of the API server (UI, REST API v2, Execution API), without a trailing /."""
+    return f"http://{settings.airflow.api_host}:{settings.airflow.api_port}"
+
+
+def airflow_environ(settings: Settings, *, services: bool = False) -> dict[str, str]:
     """Environment variables that configure Airflow (and the KEEP settings of its tasks).
 
+    ``services=False``: the embedded mode (SQLite DB, ``airflow dags test``);
+    ``services=True``: the running services of ``keep airflow up`` (see the module doc).
     Layer it over the parent environment (see :func:`command_environ`); values here win.
     """
     home = settings.airflow.home
@@ -107,28 +140,68 @@ def airflow_environ(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": parallelism,
         # Days of one DAG never overlap (each day's state builds on the day before).
         "AIRFLOW__CORE__MAX_ACTIVE_RUNS_PER_DAG": "1",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{metadata_db(settings)}",
+        "AIRFLOW__API__HOST": settings.airflow.api_host,
+        "AIRFLOW__API__PORT": str(settings.airflow.api_port),
+        "AIRFLOW__API__BASE_URL": api_url(settings),
+        "AIRFLOW__API__WORKERS": "1",
         # The DAG imports `keep`; make it importable even without an installed package.
         "PYTHONPATH": os.pathsep.join(
             p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
         ),
         "KEEP_HOME": str(settings.home),
     }
+    if settings.airflow.auth_manager:
+        env["AIRFLOW__CORE__AUTH_MANAGER"] = settings.airflow.auth_manager
+    else:
+        # SimpleAuthManager, every user an admin: the API server listens on api_host
+        # (127.0.0.1 by default), so only this machine's users reach it (docs/airflow.md).
+        env["AIRFLOW__CORE__AUTH_MANAGER"] = SIMPLE_AUTH_MANAGER
+        env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"
+    if services:
+        env.update(
+            {
+                # Read by every Airflow process from the 0600 file: not in the environment.
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD": "cat "
+                + shlex.quote(str(database_url_file(settings))),
+                "AIRFLOW__CORE__EXECUTOR": settings.airflow.executor,
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url(settings)}/execution/",
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": str(_DAG_REFRESH_S),
+                "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(
+                    settings.airflow.heartbeat_timeout_s
+                ),
+            }
+        )
+    else:
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{metadata_db(settings)}"
     for section in _SECTIONS:
-        env[f"KEEP_{section.upper()}"] = getattr(settings, section).model_dump_json()
+        # The tasks never need the metadata DB's URL (and its password).
+        exclude = {"database_url"} if section == "airflow" else None
+        env[f"KEEP_{section.upper()}"] = getattr(settings, section).model_dump_json(exclude=exclude)
     if os.environ.get("KEEP_CONFIG"):
         env["KEEP_CONFIG"] = os.environ["KEEP_CONFIG"]
     return env
 
 
-def command_environ(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``base`` (default: this process's environment) without its ``KEEP_*`` variables, plus
-    :func:`airflow_environ`: inherited ``KEEP_SECTION__FIELD`` overrides must not win over
-    the settings object the caller passed."""
+# Inherited ways to name the metadata DB that would win over the generated one.
+_DB_VARIABLES = tuple(
+    f"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN{suffix}" for suffix in ("", "_CMD", "_SECRET")
+)
+
+
+def command_environ(
+    settings: Settings, base: Mapping[str, str] | None = None, *, services: bool = False
+) -> dict[str, str]:
+    """``base`` (default: this process's environment) without its ``KEEP_*`` variables and
+    its metadata DB variables, plus :func:`airflow_environ`: inherited
+    ``KEEP_SECTION__FIELD`` overrides must not win over the settings object the caller
+    passed, nor an inherited database over the generated one."""
     env = {
-        k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("KEEP_")
+        k: v
+        for k, v in (os.environ if base is None else base).items()
+        if not k.startswith("KEEP_") and k not in _DB_VARIABLES
     }
-    env.update(airflow_environ(settings))
+    env.update(airflow_environ(settings, services=services))
     return env
 
 
@@ -144,8 +217,11 @@ def run_airflow(
     timeout: float,
     log_name: str,
     abort_on: Callable[[str], bool] | None = None,
+    services: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``airflow <args>`` with the generated environment, in its own process group.
+
+    ``services=True``: against the running services' metadata DB (see :func:`airflow_environ`).
 
     stdout and stderr are captured together (``.stdout``) and streamed to
     ``<airflow home>/logs/<log_name>`` (``tail -f`` it during a long run). When
@@ -162,7 +238,7 @@ def run_airflow(
     started = time.monotonic()
     proc = subprocess.Popen(
         cmd,
-        env=command_environ(settings),
+        env=command_environ(settings, services=services),
         cwd=settings.home,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -215,22 +291,54 @@ def run_airflow(
     return subprocess.CompletedProcess(cmd, proc.returncode, output, None)
 
 
-def init_airflow(settings: Settings, *, timeout: float = 300) -> bool:
-    """Create or upgrade the metadata DB (``airflow db migrate``) unless already done.
+def init_airflow(settings: Settings, *, timeout: float = 300, services: bool = False) -> bool:
+    """Create or upgrade the metadata DB (``airflow db migrate``) unless already done, and
+    create the ``keep_compute`` pool (one slot: Spark and torch tasks never overlap).
 
-    Idempotent: a marker in ``AIRFLOW_HOME`` records the Airflow version the DB was
-    migrated for; a file lock makes concurrent callers wait for one migration.
-    Returns True when a migration ran.
+    ``services=False``: the SQLite DB of ``airflow dags test``; ``services=True``: the
+    running services' database (its URL in :func:`database_url_file`, written by
+    ``keep airflow up``). Idempotent: one marker per database in ``AIRFLOW_HOME``, named
+    by a hash of its URL, records the Airflow version it was migrated for (a new private
+    PostgreSQL cluster has a new password, hence a new marker); a file lock makes
+    concurrent callers wait for one migration. Returns True when a migration ran.
     """
     home = settings.airflow.home
     home.mkdir(parents=True, exist_ok=True)
-    marker = home / _MIGRATED_MARKER
-    stamp = f"{airflow_version()} {metadata_db(settings)}"
+    if services:
+        url = database_url_file(settings).read_text().strip()
+    else:
+        url = f"sqlite:///{metadata_db(settings)}"
+    key = hashlib.sha256(url.encode()).hexdigest()[:12]
+    marker = home / f"{_MIGRATED_MARKER}-{key}"
+    stamp = airflow_version()
     with open(home / ".keep-db.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.is_file() and marker.read_text() == stamp and _has_schema(metadata_db(settings)):
+        if (
+            marker.is_file()
+            and marker.read_text() == stamp
+            and (services or _has_schema(metadata_db(settings)))
+        ):
             return False
-        run_airflow(settings, ["db", "migrate"], timeout=timeout, log_name="db_migrate.log")
+        run_airflow(
+            settings,
+            ["db", "migrate"],
+            timeout=timeout,
+            log_name="db_migrate.log",
+            services=services,
+        )
+        run_airflow(
+            settings,
+            [
+                "pools",
+                "set",
+                COMPUTE_POOL,
+                str(COMPUTE_POOL_SLOTS),
+                "Spark and torch tasks: one at a time on a small machine",
+            ],
+            timeout=timeout,
+            log_name="pools_set.log",
+            services=services,
+        )
         marker.write_text(stamp)
         return True
 
@@ -273,25 +381,37 @@ def dags_test(
 
 
 def task_states(settings: Settings, ds: dt.date, dag_id: str = DAG_ID) -> dict[str, str | None]:
-    """``{task_id: state}`` of the latest DagRun of ``dag_id`` for logical day ``ds``,
-    read straight from the SQLite metadata DB (no Airflow import)."""
-    day = ds.isoformat()
-    con = sqlite3.connect(f"file:{metadata_db(settings)}?mode=ro", uri=True)
+    """``{task_id: state}`` of the DagRun of ``dag_id`` for logical day ``ds`` in the SQLite
+    metadata DB of ``airflow dags test`` ({} when there is none), through Airflow's public
+    CLI (``airflow tasks states-for-dag-run -o json``)."""
+    logical = dt.datetime.combine(ds, dt.time(), tzinfo=dt.UTC).isoformat()
     try:
-        rows = con.execute(
-            """
-            SELECT ti.task_id, ti.state
-            FROM task_instance ti
-            JOIN dag_run dr ON dr.dag_id = ti.dag_id AND dr.run_id = ti.run_id
-            WHERE ti.dag_id = ? AND substr(dr.logical_date, 1, 10) = ?
-              AND dr.id = (SELECT max(id) FROM dag_run
-                           WHERE dag_id = ? AND substr(logical_date, 1, 10) = ?)
-            """,
-            (dag_id, day, dag_id, day),
-        ).fetchall()
-    finally:
-        con.close()
-    return dict(rows)
+        result = run_airflow(
+            settings,
+            ["tasks", "states-for-dag-run", dag_id, logical, "--output", "json"],
+            timeout=300,
+            log_name=f"task_states-{dag_id}-{ds.isoformat()}.log",
+        )
+    except AirflowCommandError as exc:
+        if "DagRunNotFound" in str(exc) or "not found" in str(exc):
+            return {}
+        raise
+    return {row["task_id"]: row["state"] or None for row in _json_list(result.stdout)}
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _json_list(output: str) -> list[dict[str, str]]:
+    """The JSON array an Airflow CLI command printed (``-o json``), among its log lines."""
+    text = _ANSI.sub("", output)
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"^\[", text, re.MULTILINE):
+        with contextlib.suppress(json.JSONDecodeError):
+            value, _ = decoder.raw_decode(text, match.start())
+            if isinstance(value, list):
+                return value
+    raise AirflowCommandError(f"no JSON list in the command's output:\n{text[-2000:]}")
 
 
 def _failure_detector() -> Callable[[str], bool]:

@@ -16,7 +16,3 @@ from airflow.sdk import Asset
 
 KNOWLEDGE = Asset(name="keep_knowledge", uri="keep://knowledge/online")
 DOWNSTREAM_MODEL = Asset(name="keep_downstream_model", uri="keep://models/downstream")
-
-# Every task that runs Spark or torch takes the one slot of this pool: on a small machine
-# a Spark job and a training never run at the same time, across both DAGs.
-COMPUTE_POOL = "keep_compute"

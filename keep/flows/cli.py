@@ -24,7 +24,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from keep.core.config import load_settings
+from keep.core.config import display_settings, load_settings
 from keep.core.errors import KeepError
 from keep.core.time import days
 
@@ -96,7 +96,7 @@ def main(
 def show_config() -> None:
     """Print the effective settings (file + environment overrides) as YAML."""
     settings = load_settings()
-    out.print(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False), end="")
+    out.print(yaml.safe_dump(display_settings(settings), sort_keys=False), end="")
 
 
 @app.command()
@@ -472,6 +472,95 @@ def models_rollback(subsystem: SubsystemOpt = None) -> None:
     settings = load_settings()
     v = registry.rollback(settings, subsystem or settings.downstream.scenario)
     out.print(f"{v.name} is live again (knowledge {v.knowledge_lineage} / {v.snapshot_ds})")
+
+
+airflow = typer.Typer(
+    help="A running Airflow on this machine: PostgreSQL metadata DB, scheduler, dag "
+    "processor and API server (UI + REST API), started and stopped by PID (docs/airflow.md).",
+    no_args_is_help=True,
+)
+app.add_typer(airflow, name="airflow")
+
+
+def _processes_table(title: str, processes: list[Any]) -> Table:
+    table = Table(title=title)
+    for name in ("process", "pid", "state", "log"):
+        table.add_column(name)
+    for p in processes:
+        state = (
+            "[green]running[/]"
+            if p.alive
+            else "[yellow]stale pid file (removed)[/]"
+            if p.stale
+            else "stopped"
+        )
+        table.add_row(p.name, str(p.pid or "-"), state, str(p.log))
+    return table
+
+
+@airflow.command("up")
+@_friendly
+def airflow_up(
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the services to report healthy.")
+    ] = 300.0,
+) -> None:
+    """Start PostgreSQL (unless airflow.database_url names a database), migrate it, then
+    Airflow's scheduler, dag processor and API server, each as its own process; returns
+    once /api/v2/monitor/health reports them healthy. Idempotent."""
+    from keep.flows.airflow_services import up
+
+    settings = load_settings()
+    with console.status("starting Airflow (first time: a minute or two) ..."):
+        result = up(settings, timeout_s=timeout)
+    out.print(_processes_table("keep airflow up", result.processes))
+    started = ", ".join(result.started) or "nothing (already running)"
+    out.print(f"started: {started}{'; database migrated' if result.migrated else ''}")
+    out.print(f"UI and REST API: {result.api_url}  (every user an admin; 127.0.0.1 only)")
+    out.print(f"metadata DB: {result.database}")
+    out.print(f"stop: keep airflow down; logs: {settings.airflow.home / 'logs'}")
+
+
+@airflow.command("down")
+@_friendly
+def airflow_down(
+    grace: Annotated[
+        float,
+        typer.Option(
+            help="Seconds each process gets to exit after SIGTERM (the scheduler waits for "
+            "running tasks) before it and its children are killed."
+        ),
+    ] = 30.0,
+) -> None:
+    """Stop the scheduler, the dag processor, the API server and then PostgreSQL, by the
+    PIDs in their pid files, with their children. Idempotent."""
+    from keep.flows.airflow_services import down
+
+    with console.status("stopping Airflow ..."):
+        stopped = down(load_settings(), grace_s=grace)
+    out.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@airflow.command("status")
+@_friendly
+def airflow_status() -> None:
+    """Each process (pid, running or not; stale pid files are removed) and the API server's
+    health answer. Exit code 1 unless everything is healthy."""
+    from keep.flows.airflow_services import status
+
+    result = status(load_settings())
+    out.print(_processes_table("keep airflow status", result.processes))
+    out.print(f"UI and REST API: {result.api_url}")
+    out.print(f"metadata DB: {result.database}")
+    if result.health is None:
+        out.print(f"health: [red]no answer[/] ({result.health_error})")
+    else:
+        parts = ", ".join(
+            f"{part}: {(info or {}).get('status') or '-'}" for part, info in result.health.items()
+        )
+        out.print(f"health: {parts}")
+    if not result.healthy:
+        raise typer.Exit(code=1)
 
 
 @app.command("import-taobao")

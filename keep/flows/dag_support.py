@@ -11,6 +11,9 @@ Failure semantics (docs/airflow.md):
 * anything else (a JVM that died, a full disk, a lost connection) is treated as
   infrastructure and retried ``airflow.retries`` times, ``airflow.retry_delay_s`` apart;
   every step is idempotent per day, so a retry redoes the day's work cleanly.
+
+Every task takes the one slot of the ``keep_compute`` pool (created with the metadata DB):
+on a small machine a Spark job and a training never run at the same time, across both DAGs.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from keep.core.config import Settings
 from keep.core.errors import GateFailed, InputError
-from keep.flows.assets import COMPUTE_POOL
+from keep.flows.airflow_env import COMPUTE_POOL
 
 log = logging.getLogger("keep.dags")
 

@@ -144,6 +144,7 @@ def test_daily_refresh_shape(dagbag: dict[str, Any], settings: Settings) -> None
         assert task["owner"] == "keep", task_id
         assert task["depends_on_past"] is True, task_id
         assert task["retries"] >= 1 and task["retry_delay_s"] > 0, task_id
+        assert task["retry_delay_s"] == settings.airflow.retry_delay_s, task_id
         assert task["has_failure_callback"], task_id
         # Only the publication announces the knowledge Asset (after every gate passed).
         expected = ["keep_knowledge"] if task_id == "publish_knowledge" else []
