@@ -37,6 +37,7 @@ for dag_id, dag in bag.dags.items():
         "tags": sorted(dag.tags),
         "max_active_runs": dag.max_active_runs,
         "catchup": dag.catchup,
+        "timetable": f"{type(dag.timetable).__name__} {getattr(dag.timetable, 'expression', '')}",
         "schedule": str(dag.schedule),
         "start_date": dag.start_date.isoformat() if dag.start_date else None,
         "end_date": dag.end_date.isoformat() if dag.end_date else None,
@@ -136,7 +137,7 @@ def test_daily_refresh_shape(dagbag: dict[str, Any], settings: Settings) -> None
     # Missed days are caught up, in order (one run at a time, each after the day before).
     assert dag["catchup"] is True
     assert dag["end_date"] is None  # pipeline.schedule_end_ds: no end by default
-    assert dag["schedule"] == "@daily"
+    assert dag["timetable"] == "CronDataIntervalTimetable 0 0 * * *"  # ds = the day processed
     assert {"keep", "daily"} <= set(dag["tags"])
     start = dt.datetime.fromisoformat(dag["start_date"])
     assert start == dt.datetime.combine(settings.pipeline.start_ds, dt.time(), tzinfo=dt.UTC)

@@ -154,7 +154,7 @@ def test_up_status_rest_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     today = dt.datetime.now(dt.UTC).date()
     yesterday = today - dt.timedelta(days=1)
     settings = service_settings(tmp_path, retry_delay_s=5, heartbeat_timeout_s=30)
-    # The DAG starts yesterday: once unpaused, the scheduler creates today's run.
+    # The DAG starts yesterday: once unpaused, the scheduler runs yesterday (a complete day).
     settings.pipeline.start_ds = settings.pipeline.end_ds = yesterday
     settings.generator.epoch = yesterday
     home = settings.airflow.home
@@ -208,7 +208,7 @@ def test_up_status_rest_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         timings["land_raw"] = time.monotonic() - started
         assert land_raw["try_number"] == 1
         run = next(r for r in client.dag_runs(DAG_ID) if r["run_id"] == land_raw["dag_run_id"])
-        assert (run["run_type"], run["logical_date"][:10]) == ("scheduled", today.isoformat())
+        assert (run["run_type"], run["logical_date"][:10]) == ("scheduled", yesterday.isoformat())
 
         # Stop while the next task (Spark) runs: its processes must go too.
         wait_for("ingest to run", lambda: task_state(client, "ingest", "running"), 120)
@@ -216,11 +216,11 @@ def test_up_status_rest_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         running = leftovers(settings)
 
         # A manual run (it waits: one run at a time, and the day before comes first).
-        manual = client.trigger(DAG_ID, yesterday, conf={"why": "test"})
+        manual = client.trigger(DAG_ID, today, conf={"why": "test"})
         runs = {r["run_id"]: r for r in client.dag_runs(DAG_ID)}
         assert runs[manual["run_id"]]["run_type"] == "manual"
         assert runs[manual["run_id"]]["conf"] == {"why": "test"}
-        assert runs[manual["run_id"]]["logical_date"][:10] == yesterday.isoformat()
+        assert runs[manual["run_id"]]["logical_date"][:10] == today.isoformat()
         client.close()
     finally:
         started = time.monotonic()
