@@ -563,6 +563,30 @@ def airflow_status() -> None:
         raise typer.Exit(code=1)
 
 
+@airflow.command("unpause")
+@_friendly
+def airflow_unpause(
+    dag_ids: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="DAGs to unpause (default: keep_downstream_ctr and keep_daily_refresh)."
+        ),
+    ] = None,
+) -> None:
+    """Unpause DAGs of the running Airflow (REST API). The daily DAG then catches up every
+    day from pipeline.start_ds, in order."""
+    from keep.flows.airflow_api import AirflowClient
+    from keep.flows.airflow_env import DAG_ID, DOWNSTREAM_DAG_ID
+
+    client = AirflowClient.for_settings(load_settings())
+    try:
+        for dag_id in dag_ids or [DOWNSTREAM_DAG_ID, DAG_ID]:
+            client.unpause(dag_id)
+            out.print(f"{dag_id}: unpaused")
+    finally:
+        client.close()
+
+
 @app.command("import-taobao")
 @_friendly
 def import_taobao(
