@@ -166,6 +166,15 @@ class AirflowClient:
         ``start_date``, ``end_date``, ``pool`` (and the API's other fields)."""
         return self._pages(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", "task_instances")
 
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        """A task instance's XCom value (its return value by default), deserialized."""
+        entry = self.request(
+            "GET",
+            f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+            params={"deserialize": "true"},
+        )
+        return entry.get("value")
+
     def asset_events(self, asset_name: str) -> list[dict[str, Any]]:
         """Events of the Asset named ``asset_name``, oldest first (``extra``,
         ``source_dag_id``, ``source_task_id``, ``source_run_id``, ``timestamp``)."""

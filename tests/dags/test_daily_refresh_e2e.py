@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import sqlite3
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 from deltalake import DeltaTable
 
-from keep.flows.airflow_env import dags_test, init_airflow, task_states
-from tests.conftest import make_settings
+from keep.flows.airflow_env import DAG_ID, dags_test, init_airflow, task_states
+from keep.flows.airflow_services import api_server
+from tests.conftest import free_port, make_settings
+from tests.keep.flows.test_airflow_services import leftovers
 
 DS = dt.date(2026, 1, 1)
 
@@ -35,23 +34,9 @@ def raw_impression_ids(raw_root: Path, ds: dt.date) -> list[str]:
     return ids
 
 
-def processes_using(airflow_home: Path) -> list[str]:
-    """Processes of this user whose environment points at ``airflow_home`` (leftovers)."""
-    found = []
-    for proc in psutil.process_iter(["pid", "name", "uids"]):
-        try:
-            if proc.info["uids"] and proc.info["uids"].real != os.getuid():
-                continue
-            if proc.environ().get("AIRFLOW_HOME") == str(airflow_home):
-                found.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
-
-
 @pytest.mark.slow
 def test_one_day_through_airflow(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
+    settings = make_settings(tmp_path, airflow={"api_port": free_port()})
     airflow_home = settings.airflow.home
 
     started = time.monotonic()
@@ -93,36 +78,29 @@ def test_one_day_through_airflow(tmp_path: Path) -> None:
     assert sorted(day["impression_id"]) == sorted(raw_ids)
     assert set(day["ds"]) == {DS.isoformat()}
 
-    # The tasks' XComs carry the counts and the gate outcome.
-    con = sqlite3.connect(f"file:{airflow_home / 'airflow.db'}?mode=ro", uri=True)
-    try:
-        xcoms = dict(
-            con.execute(
-                "SELECT task_id, value FROM xcom WHERE dag_id = ? AND key = 'return_value'",
-                ("keep_daily_refresh",),
-            ).fetchall()
-        )
-    finally:
-        con.close()
-    ingest = json.loads(xcoms["ingest"])["result"]
+    # The tasks' XComs carry the counts and the gate outcome (read through the REST API of
+    # an API server started over this home's metadata DB).
+    with api_server(settings) as client:
+        (run,) = client.dag_runs(DAG_ID)
+        xcoms = {
+            task: client.xcom(DAG_ID, run["run_id"], task)
+            for task in ("ingest", "validate", "validate_state", "validate_samples")
+            + ("validate_knowledge", "pretrain")
+        }
+        events = client.asset_events("keep_knowledge")
+    ingest = xcoms["ingest"]["result"]
     assert ingest["impressions"]["rows_stored"] == len(raw_ids)
     for gate in ("validate", "validate_state", "validate_samples", "validate_knowledge"):
-        assert json.loads(xcoms[gate])["result"]["success"] is True, gate
-    pretrain = json.loads(xcoms["pretrain"])["result"]
+        assert xcoms[gate]["result"]["success"] is True, gate
+    pretrain = xcoms["pretrain"]["result"]
     lineage = pretrain["lineage"]
     assert pretrain["new_lineage"] is True  # the first day starts a lineage
 
     # The publication announced the knowledge Asset, naming the lineage and the snapshot.
-    con = sqlite3.connect(f"file:{airflow_home / 'airflow.db'}?mode=ro", uri=True)
-    try:
-        events = con.execute(
-            "SELECT a.name, e.extra, e.source_task_id FROM asset_event e "
-            "JOIN asset a ON a.id = e.asset_id"
-        ).fetchall()
-    finally:
-        con.close()
-    assert [(name, task) for name, _, task in events] == [("keep_knowledge", "publish_knowledge")]
-    extra = json.loads(events[0][1])
+    assert [(e["name"], e["source_task_id"]) for e in events] == [
+        ("keep_knowledge", "publish_knowledge")
+    ]
+    extra = events[0]["extra"]
     assert (extra["lineage"], extra["snapshot_ds"]) == (lineage, DS.isoformat())
 
     # The published user vectors are live in the online store: what the retrieval module
@@ -149,4 +127,4 @@ def test_one_day_through_airflow(tmp_path: Path) -> None:
     )
 
     # `airflow dags test` ran everything in its own process and left nothing behind.
-    assert processes_using(airflow_home) == []
+    assert leftovers(settings) == []
