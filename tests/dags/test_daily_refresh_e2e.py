@@ -37,7 +37,6 @@ def raw_impression_ids(raw_root: Path, ds: dt.date) -> list[str]:
 @pytest.mark.slow
 def test_one_day_through_airflow(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, airflow={"api_port": free_port()})
-    airflow_home = settings.airflow.home
 
     started = time.monotonic()
     assert init_airflow(settings) is True
