@@ -139,8 +139,11 @@ class AirflowSettings(BaseModel):
 
     home: Path = Path("var/airflow")
     parallelism: int = 2
-    # In demo mode the DAG generates the day's raw files before ingesting them.
-    demo_mode: bool = True
+    # Demo mode: the first step (land_raw) writes the day's raw files with the synthetic
+    # generator. Off by default, so a deployment that forgets the flag never writes synthetic
+    # files into a real landing zone: land_raw then only checks that the day's files landed.
+    # scripts/demo.sh, the tests' settings and the benchmarks turn it on explicitly.
+    demo_mode: bool = False
 
 
 class AggregateSettings(BaseModel):

@@ -440,7 +440,9 @@ def run(
         bool | None,
         typer.Option(
             "--land/--no-land",
-            help="Generate the day's raw files first (default: airflow.demo_mode).",
+            help="--land: generate each day's synthetic raw files first (turns "
+            "airflow.demo_mode on for this run); --no-land: only check that they have "
+            "landed (demo mode off). Default: airflow.demo_mode (off unless set).",
         ),
     ] = None,
     via: Annotated[
@@ -454,11 +456,15 @@ def run(
     """Run the daily pipeline for a range of days, in order, and summarise it.
 
     Both ways run exactly the functions the Airflow DAG's tasks call. Stops at the first
-    failed day, because every day's state depends on the day before.
+    failed day, because every day's state depends on the day before. The first step,
+    land_raw, generates synthetic raw files only in demo mode (--land, or
+    KEEP_AIRFLOW__DEMO_MODE=true); otherwise it checks that the day's files have landed.
     """
     from keep.flows import pipeline
 
     settings = load_settings()
+    if land is not None:
+        settings = pipeline.with_demo_mode(settings, land)
     first = start.date() if start else settings.pipeline.start_ds
     last = end.date() if end else settings.pipeline.end_ds
     span = days(first, last)
@@ -471,7 +477,7 @@ def run(
             if via is Via.airflow:
                 result = pipeline.run_day_airflow(settings, ds)
             else:
-                result = pipeline.run_day(settings, ds, land=land)
+                result = pipeline.run_day(settings, ds)
             results.append(result)
             progress.update(task, advance=1)
             if not result.ok:

@@ -33,13 +33,23 @@ log = logging.getLogger(__name__)
 
 
 def land_raw(settings: Settings, ds: dt.date) -> dict[str, Path]:
-    """Demo mode (``airflow.demo_mode``): write the day's raw files with the generator.
+    """Demo mode (``airflow.demo_mode``, off by default): write the day's raw files with the
+    generator -- refused when the day's raw folders already hold files it did not write.
 
-    Otherwise the files come from the logging systems: check that they have landed.
+    Otherwise the files come from the logging systems: check that they have landed (one
+    clear error when they have not; nothing is written).
     """
     if settings.airflow.demo_mode:
         from keep.sources import generator
 
+        foreign = generator.foreign_files(settings, ds)
+        if foreign:
+            raise InputError(
+                f"demo_mode is on but {foreign[0].parent} holds raw files the generator did "
+                f"not write ({', '.join(p.name for p in foreign)}): refusing to write synthetic "
+                "files beside them; turn demo mode off (airflow.demo_mode) for a real landing "
+                "zone, or remove them."
+            )
         return generator.write_day(settings, ds)
     landed = raw_format.day_files(settings, "impressions", ds)
     if not landed:
@@ -289,13 +299,25 @@ class DayResult:
         return self.gate_passed
 
 
+def with_demo_mode(settings: Settings, on: bool) -> Settings:
+    """``settings`` with ``airflow.demo_mode`` set to ``on`` (``keep run --land/--no-land``)."""
+    return settings.model_copy(
+        update={"airflow": settings.airflow.model_copy(update={"demo_mode": on})}
+    )
+
+
 def run_day(settings: Settings, ds: dt.date, *, land: bool | None = None) -> DayResult:
-    """Run every step for ``ds`` in this process, in order (what the DAG's tasks do)."""
+    """Run every step for ``ds`` in this process, in order (what the DAG's tasks do).
+
+    ``land`` overrides ``airflow.demo_mode`` for the day: True generates the day's raw
+    files (the synthetic world), False only checks that they have landed; None (default)
+    follows the settings.
+    """
+    if land is not None:
+        settings = with_demo_mode(settings, land)
     result = DayResult(ds=ds)
-    if land if land is not None else settings.airflow.demo_mode:
-        land_raw(settings, ds)
     try:
-        for name in list(STEPS)[1:]:
+        for name in STEPS:
             outcome = run_step(settings, name, ds)["result"]
             if name == "ingest":
                 result.counts = ingest_counts(outcome)
