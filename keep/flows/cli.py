@@ -178,25 +178,63 @@ def backfill(
         dt.datetime | None,
         typer.Option(formats=["%Y-%m-%d"], help="Last changed day (default: --start)."),
     ] = None,
+    through_knowledge: Annotated[
+        bool,
+        typer.Option(
+            "--through-knowledge",
+            help="Then also recompute, for every day from --start on that has a "
+            "pre-training checkpoint, in order and in that checkpoint's lineage: the "
+            "pre-training (warm start from the day before, or the lineage's own start), "
+            "the knowledge snapshot and its gate (report in the manifest); and republish "
+            "the snapshot that was live if it was recomputed and its gate passes. Only "
+            "that one: publishing older snapshots in turn would move the live pointer "
+            "backwards.",
+        ),
+    ] = False,
 ) -> None:
     """Recompute state and samples from --start, through --end, and every later day that
-    depends on them, in order, with every gate.
+    depends on them, in order, with every gate (--through-knowledge: pre-training and
+    knowledge too).
 
     This, not Airflow's scheduler-driven backfill, is the supported way to repair history:
-    re-ingest the changed days (`keep ingest --ds D`), then `keep backfill --start D`.
+    re-ingest the changed days first (`keep ingest --ds D`: raw files and bronze are not
+    touched here), then `keep backfill --start D`. Recomputed: silver state, gold samples
+    (+ their gates); with --through-knowledge also the pre-training checkpoints, knowledge
+    snapshots and their gate reports, and the online store's live snapshot. Not recomputed:
+    the downstream models and their training sets (gold.downstream_training_set); the
+    daily train_downstream step trains them on later days only. See docs/aggregation.md.
     """
     from keep.flows import pipeline
 
     settings = load_settings()
     first, last = start.date(), (end or start).date()
+    knowledge: pipeline.KnowledgeBackfill | None = None
     with _progress() as progress:
         task = progress.add_task("backfill", total=None)
 
         def on_day(ds: dt.date) -> None:
-            progress.update(task, description=f"backfill {ds}", advance=1)
+            progress.update(task, description=f"state and samples {ds}", advance=1)
+
+        def on_snapshot(lineage: str, ds: dt.date) -> None:
+            progress.update(task, description=f"knowledge {lineage} / {ds}", advance=1)
 
         span = pipeline.backfill(settings, first, last, on_day=on_day)
-    out.print(f"recomputed {len(span)} day(s): {span[0]} .. {span[-1]}")
+        if through_knowledge:
+            knowledge = pipeline.backfill_knowledge(settings, first, on_snapshot=on_snapshot)
+    out.print(f"recomputed state and samples of {len(span)} day(s): {span[0]} .. {span[-1]}")
+    if knowledge is None:
+        return
+    out.print(
+        f"recomputed {len(knowledge.snapshots)} checkpoint(s) and knowledge snapshot(s): "
+        + (", ".join(f"{lin}/{ds}" for lin, ds in knowledge.snapshots) or "none")
+    )
+    if knowledge.published is not None:
+        info = knowledge.published
+        out.print(f"republished the live snapshot {info['lineage']}/{info['snapshot_ds']}")
+    else:
+        live = knowledge.live_before
+        named = f"{live['lineage']}/{live['snapshot_ds']}" if live else "nothing"
+        out.print(f"online store unchanged (live: {named}, not among the recomputed snapshots)")
 
 
 @app.command()
