@@ -61,6 +61,7 @@ def default_world(home: Path, args: argparse.Namespace, switch: dt.date | None) 
         },
         pretrain={"full_retrain_on": [switch] if switch else []},
         pipeline={"start_ds": EPOCH, "end_ds": _days(args.days)[-1]},
+        airflow={"demo_mode": True},  # land_raw generates the world's raw files
     )
 
 
@@ -86,6 +87,7 @@ def second_world(home: Path, args: argparse.Namespace) -> Any:
             "scenarios": scenarios,
         },
         pipeline={"start_ds": EPOCH, "end_ds": _days(args.second_world_days)[-1]},
+        airflow={"demo_mode": True},  # land_raw generates the world's raw files
     )
 
 

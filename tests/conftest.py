@@ -19,11 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def make_settings(home: Path, **overrides: object) -> Settings:
-    """Settings rooted at ``home`` (lake, raw files, GE, Airflow all under it), tiny world."""
+    """Settings rooted at ``home`` (lake, raw files, GE, Airflow all under it), tiny world,
+    demo mode on (land_raw generates the world's raw files; it is off by default)."""
     base: dict[str, object] = {
         "home": home,
         "spark": {"jars_dir": REPO / ".cache" / "jars", "shuffle_partitions": 2},
         "generator": {"n_users": 300, "n_items": 200, "impressions_per_day": 2_000},
+        "airflow": {"demo_mode": True},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):

@@ -144,8 +144,11 @@ class AirflowSettings(BaseModel):
     # refuses is never retried: dags/, keep.flows.dag_support).
     retries: int = 2
     retry_delay_s: int = 300
-    # In demo mode the DAG generates the day's raw files before ingesting them.
-    demo_mode: bool = True
+    # Demo mode: the first step (land_raw) writes the day's raw files with the synthetic
+    # generator. Off by default, so a deployment that forgets the flag never writes synthetic
+    # files into a real landing zone: land_raw then only checks that the day's files landed.
+    # scripts/demo.sh, the tests' settings and the benchmarks turn it on explicitly.
+    demo_mode: bool = False
     # The metadata DB of the running services (`keep airflow up`, docs/airflow.md), as a
     # SQLAlchemy URL, e.g. postgresql+psycopg2://user:password@host:5432/airflow. None: a
     # private PostgreSQL that `keep airflow up` starts under <home>/postgres. Airflow's

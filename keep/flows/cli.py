@@ -178,25 +178,63 @@ def backfill(
         dt.datetime | None,
         typer.Option(formats=["%Y-%m-%d"], help="Last changed day (default: --start)."),
     ] = None,
+    through_knowledge: Annotated[
+        bool,
+        typer.Option(
+            "--through-knowledge",
+            help="Then also recompute, for every day from --start on that has a "
+            "pre-training checkpoint, in order and in that checkpoint's lineage: the "
+            "pre-training (warm start from the day before, or the lineage's own start), "
+            "the knowledge snapshot and its gate (report in the manifest); and republish "
+            "the snapshot that was live if it was recomputed and its gate passes. Only "
+            "that one: publishing older snapshots in turn would move the live pointer "
+            "backwards.",
+        ),
+    ] = False,
 ) -> None:
     """Recompute state and samples from --start, through --end, and every later day that
-    depends on them, in order, with every gate.
+    depends on them, in order, with every gate (--through-knowledge: pre-training and
+    knowledge too).
 
     This, not Airflow's scheduler-driven backfill, is the supported way to repair history:
-    re-ingest the changed days (`keep ingest --ds D`), then `keep backfill --start D`.
+    re-ingest the changed days first (`keep ingest --ds D`: raw files and bronze are not
+    touched here), then `keep backfill --start D`. Recomputed: silver state, gold samples
+    (+ their gates); with --through-knowledge also the pre-training checkpoints, knowledge
+    snapshots and their gate reports, and the online store's live snapshot. Not recomputed:
+    the downstream models and their training sets (gold.downstream_training_set); the
+    daily train_downstream step trains them on later days only. See docs/aggregation.md.
     """
     from keep.flows import pipeline
 
     settings = load_settings()
     first, last = start.date(), (end or start).date()
+    knowledge: pipeline.KnowledgeBackfill | None = None
     with _progress() as progress:
         task = progress.add_task("backfill", total=None)
 
         def on_day(ds: dt.date) -> None:
-            progress.update(task, description=f"backfill {ds}", advance=1)
+            progress.update(task, description=f"state and samples {ds}", advance=1)
+
+        def on_snapshot(lineage: str, ds: dt.date) -> None:
+            progress.update(task, description=f"knowledge {lineage} / {ds}", advance=1)
 
         span = pipeline.backfill(settings, first, last, on_day=on_day)
-    out.print(f"recomputed {len(span)} day(s): {span[0]} .. {span[-1]}")
+        if through_knowledge:
+            knowledge = pipeline.backfill_knowledge(settings, first, on_snapshot=on_snapshot)
+    out.print(f"recomputed state and samples of {len(span)} day(s): {span[0]} .. {span[-1]}")
+    if knowledge is None:
+        return
+    out.print(
+        f"recomputed {len(knowledge.snapshots)} checkpoint(s) and knowledge snapshot(s): "
+        + (", ".join(f"{lin}/{ds}" for lin, ds in knowledge.snapshots) or "none")
+    )
+    if knowledge.published is not None:
+        info = knowledge.published
+        out.print(f"republished the live snapshot {info['lineage']}/{info['snapshot_ds']}")
+    else:
+        live = knowledge.live_before
+        named = f"{live['lineage']}/{live['snapshot_ds']}" if live else "nothing"
+        out.print(f"online store unchanged (live: {named}, not among the recomputed snapshots)")
 
 
 @app.command()
@@ -633,7 +671,9 @@ def run(
         bool | None,
         typer.Option(
             "--land/--no-land",
-            help="Generate the day's raw files first (default: airflow.demo_mode).",
+            help="--land: generate each day's synthetic raw files first (turns "
+            "airflow.demo_mode on for this run); --no-land: only check that they have "
+            "landed (demo mode off). Default: airflow.demo_mode (off unless set).",
         ),
     ] = None,
     via: Annotated[
@@ -647,11 +687,15 @@ def run(
     """Run the daily pipeline for a range of days, in order, and summarise it.
 
     Both ways run exactly the functions the Airflow DAG's tasks call. Stops at the first
-    failed day, because every day's state depends on the day before.
+    failed day, because every day's state depends on the day before. The first step,
+    land_raw, generates synthetic raw files only in demo mode (--land, or
+    KEEP_AIRFLOW__DEMO_MODE=true); otherwise it checks that the day's files have landed.
     """
     from keep.flows import pipeline
 
     settings = load_settings()
+    if land is not None:
+        settings = pipeline.with_demo_mode(settings, land)
     first = start.date() if start else settings.pipeline.start_ds
     last = end.date() if end else settings.pipeline.end_ds
     span = days(first, last)
@@ -664,7 +708,7 @@ def run(
             if via is Via.airflow:
                 result = pipeline.run_day_airflow(settings, ds)
             else:
-                result = pipeline.run_day(settings, ds, land=land)
+                result = pipeline.run_day(settings, ds)
             results.append(result)
             progress.update(task, advance=1)
             if not result.ok:

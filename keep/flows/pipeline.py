@@ -33,13 +33,23 @@ log = logging.getLogger(__name__)
 
 
 def land_raw(settings: Settings, ds: dt.date) -> dict[str, Path]:
-    """Demo mode (``airflow.demo_mode``): write the day's raw files with the generator.
+    """Demo mode (``airflow.demo_mode``, off by default): write the day's raw files with the
+    generator -- refused when the day's raw folders already hold files it did not write.
 
-    Otherwise the files come from the logging systems: check that they have landed.
+    Otherwise the files come from the logging systems: check that they have landed (one
+    clear error when they have not; nothing is written).
     """
     if settings.airflow.demo_mode:
         from keep.sources import generator
 
+        foreign = generator.foreign_files(settings, ds)
+        if foreign:
+            raise InputError(
+                f"demo_mode is on but {foreign[0].parent} holds raw files the generator did "
+                f"not write ({', '.join(p.name for p in foreign)}): refusing to write synthetic "
+                "files beside them; turn demo mode off (airflow.demo_mode) for a real landing "
+                "zone, or remove them."
+            )
         return generator.write_day(settings, ds)
     landed = raw_format.day_files(settings, "impressions", ds)
     if not landed:
@@ -245,11 +255,14 @@ def backfill(
     gates_on: bool = True,
 ) -> list[dt.date]:
     """Recompute state and samples from ``start`` through ``end`` and every later day that
-    depends on them (up to the last day that has state), in order, gates included.
+    depends on them (up to the last day that has state), in order, gates included; returns
+    those days.
 
     Use it after re-ingesting past days: ``keep ingest --ds D`` then
-    ``keep backfill --start D --end D``. ``gates_on=False`` skips the gates (tests of the
-    recomputation itself; the gates have their own tests).
+    ``keep backfill --start D --end D``. ``gates_on=False`` skips the state and samples
+    gates (tests of the recomputation itself; the gates have their own tests).
+    :func:`backfill_knowledge` from ``start`` then recomputes what the pre-training derived
+    from them (``keep backfill --through-knowledge`` runs both).
     """
     from spark_jobs.aggregate import state_days
 
@@ -265,6 +278,96 @@ def backfill(
         if gates_on:
             validate_samples(settings, ds)
     return span
+
+
+@dataclass
+class KnowledgeBackfill:
+    """What :func:`backfill_knowledge` recomputed, in order, and what it republished."""
+
+    # (lineage, day) of every recomputed checkpoint and knowledge snapshot (gate passed).
+    snapshots: list[tuple[str, dt.date]] = field(default_factory=list)
+    # The live snapshot before the backfill (None: nothing was published).
+    live_before: dict[str, Any] | None = None
+    # publish_knowledge's result for the republished snapshot; None: nothing republished
+    # (the live snapshot was not among the recomputed ones).
+    published: dict[str, Any] | None = None
+
+
+def backfill_knowledge(
+    settings: Settings,
+    start: dt.date,
+    on_snapshot: Callable[[str, dt.date], None] | None = None,
+) -> KnowledgeBackfill:
+    """Recompute what the pre-training derived from the samples of ``start`` and later.
+
+    For every day from ``start`` on that has a pre-training checkpoint, in order, in the
+    lineage that holds it: :func:`pretrain` (warm start from the day before's checkpoint of
+    that lineage; on a lineage's first day, or a day of ``pretrain.full_retrain_on``, from
+    scratch as the daily step does -- a lineage id is deterministic, so it is kept),
+    :func:`export_knowledge`, and :func:`validate_knowledge` (its report recorded in the
+    snapshot's manifest). ``CURRENT.json`` names that lineage while the day runs (the steps
+    follow it) and, at the end, the lineage the daily step extended before.
+
+    Then only the snapshot that was live before is republished (:func:`publish_knowledge`,
+    as soon as it is recomputed and its gate passed), if it is among the recomputed ones:
+    every publication moves the live pointer, so publishing the recomputed snapshots one
+    after another would move it backwards in time. A failed gate stops the backfill
+    (``GateFailed``), as it stops a daily run; the days before it stay recomputed.
+
+    Run it after :func:`backfill` of the same days: the pre-training reads their samples.
+    Downstream models and their training sets are not retrained.
+    """
+    from keep.store.publication import live_snapshot
+    from models.pretrain.checkpoint import (
+        checkpoint_days,
+        current_lineage,
+        lineages,
+        set_current_lineage,
+    )
+
+    todo = sorted(
+        (
+            (ds, lineage)
+            for lineage in lineages(settings)
+            for ds in checkpoint_days(settings, lineage)
+            if ds >= start
+        ),
+        key=lambda item: item[0],  # stable: the lineages of one day stay oldest first
+    )
+    result = KnowledgeBackfill()
+    if not todo:
+        return result
+    result.live_before = live_snapshot(settings)
+    live = result.live_before or {}
+    extended = current_lineage(settings)
+    renamed: dict[str, str] = {}  # old lineage -> the lineage its recomputation produced
+    try:
+        for ds, old in todo:
+            if on_snapshot is not None:
+                on_snapshot(old, ds)
+            set_current_lineage(settings, renamed.get(old, old))
+            lineage = str(pretrain(settings, ds).lineage)
+            renamed[old] = lineage
+            export_knowledge(settings, ds)
+            try:
+                validate_knowledge(settings, ds)
+            except GateFailed as failed:
+                online = (
+                    "the live snapshot was republished before it"
+                    if result.published is not None
+                    else "the online store is unchanged"
+                )
+                raise GateFailed(
+                    f"backfill stopped at knowledge snapshot {lineage}/{ds}, whose gate failed "
+                    f"(later days not recomputed; {online}):\n{failed}"
+                ) from failed
+            result.snapshots.append((lineage, ds))
+            if (live.get("lineage"), live.get("snapshot_ds")) == (old, ds.isoformat()):
+                result.published = publish_knowledge(settings, ds)
+    finally:
+        if extended is not None:
+            set_current_lineage(settings, renamed.get(extended, extended))
+    return result
 
 
 @dataclass
@@ -292,13 +395,25 @@ class DayResult:
         return self.gate_passed
 
 
+def with_demo_mode(settings: Settings, on: bool) -> Settings:
+    """``settings`` with ``airflow.demo_mode`` set to ``on`` (``keep run --land/--no-land``)."""
+    return settings.model_copy(
+        update={"airflow": settings.airflow.model_copy(update={"demo_mode": on})}
+    )
+
+
 def run_day(settings: Settings, ds: dt.date, *, land: bool | None = None) -> DayResult:
-    """Run every step for ``ds`` in this process, in order (what the DAG's tasks do)."""
+    """Run every step for ``ds`` in this process, in order (what the DAG's tasks do).
+
+    ``land`` overrides ``airflow.demo_mode`` for the day: True generates the day's raw
+    files (the synthetic world), False only checks that they have landed; None (default)
+    follows the settings.
+    """
+    if land is not None:
+        settings = with_demo_mode(settings, land)
     result = DayResult(ds=ds)
-    if land if land is not None else settings.airflow.demo_mode:
-        land_raw(settings, ds)
     try:
-        for name in list(STEPS)[1:]:
+        for name in STEPS:
             outcome = run_step(settings, name, ds)["result"]
             if name == "ingest":
                 result.counts = ingest_counts(outcome)

@@ -329,6 +329,25 @@ def truth_dir(settings: Settings, kind: str, ds: dt.date) -> Path:
     return settings.generator.truth_root / kind / f"ds={ds.isoformat()}"
 
 
+# The one raw file per source and day that write_day writes, and the day's oracle truth file.
+RAW_FILE = "part-00000.jsonl"
+RAW_SOURCES = ("impressions", "users", "items")
+ORACLE_FILE = "part-00000.parquet"
+
+
+def foreign_files(settings: Settings, ds: dt.date) -> list[Path]:
+    """Raw files of ``ds`` that :func:`write_day` did not write (e.g. a real landing zone).
+
+    The generator writes exactly ``part-00000.jsonl`` per source and day, and the day's
+    oracle truth (under ``truth_root``, never beside the raw files) before them: any other
+    raw file, or raw files of a day without that truth, came from somewhere else.
+    """
+    landed = [p for source in RAW_SOURCES for p in raw_format.day_files(settings, source, ds)]
+    if not (truth_dir(settings, "oracle", ds) / ORACLE_FILE).is_file():
+        return landed
+    return [p for p in landed if p.name != RAW_FILE]
+
+
 def write_world_manifest(settings: Settings) -> Path:
     """truth/world.json: the generator configuration and its hash (the world's id)."""
     g = settings.generator
@@ -346,8 +365,8 @@ def write_day(settings: Settings, ds: dt.date) -> dict[str, Path]:
     """Land one day: raw impressions/users/items + oracle and latent truth files. Idempotent."""
     k = day_index(settings.generator, ds)
     write_world_manifest(settings)
-    imp_path = raw_format.day_dir(settings, "impressions", ds) / "part-00000.jsonl"
-    oracle_path = truth_dir(settings, "oracle", ds) / "part-00000.parquet"
+    imp_path = raw_format.day_dir(settings, "impressions", ds) / RAW_FILE
+    oracle_path = truth_dir(settings, "oracle", ds) / ORACLE_FILE
     for path in (imp_path, oracle_path):
         path.parent.mkdir(parents=True, exist_ok=True)
     tmp_imp = imp_path.with_name(f".{imp_path.name}.tmp")
@@ -363,14 +382,15 @@ def write_day(settings: Settings, ds: dt.date) -> dict[str, Path]:
     finally:
         if writer is not None:
             writer.close()
-    tmp_imp.replace(imp_path)
+    # The truth first: raw files without it are not the generator's (foreign_files).
     tmp_oracle.replace(oracle_path)
+    tmp_imp.replace(imp_path)
     users, items = dimensions_for_day(settings, ds)
     paths = {
         "impressions": imp_path,
         "oracle": oracle_path,
-        "users": write_jsonl(users, raw_format.day_dir(settings, "users", ds) / "part-00000.jsonl"),
-        "items": write_jsonl(items, raw_format.day_dir(settings, "items", ds) / "part-00000.jsonl"),
+        "users": write_jsonl(users, raw_format.day_dir(settings, "users", ds) / RAW_FILE),
+        "items": write_jsonl(items, raw_format.day_dir(settings, "items", ds) / RAW_FILE),
     }
     world = build_world(settings.generator)
     n = world.n_users_on(k)

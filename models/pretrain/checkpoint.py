@@ -89,6 +89,21 @@ def checkpoint_days(settings: Settings, lineage: str) -> list[dt.date]:
     return sorted(dt.date.fromisoformat(m.group(1)) for m in days if m)
 
 
+def lineages(settings: Settings) -> list[str]:
+    """Every lineage with a completed checkpoint, oldest first (by the day it was created
+    for, from ``lineage.json``; then by name)."""
+    root = settings.pretrain.checkpoint_root
+    if not root.is_dir():
+        return []
+
+    def created(name: str) -> str:
+        path = lineage_dir(settings, name) / "lineage.json"
+        return str(json.loads(path.read_text()).get("created_by_ds", "")) if path.is_file() else ""
+
+    found = [p.name for p in root.iterdir() if p.is_dir() and checkpoint_days(settings, p.name)]
+    return sorted(found, key=lambda name: (created(name), name))
+
+
 def _fsync_replace(tmp: str, path: Path) -> None:
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
