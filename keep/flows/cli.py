@@ -202,7 +202,7 @@ def backfill(
     (+ their gates); with --through-knowledge also the pre-training checkpoints, knowledge
     snapshots and their gate reports, and the online store's live snapshot. Not recomputed:
     the downstream models and their training sets (gold.downstream_training_set); the
-    daily train_downstream step trains them on later days only. See docs/aggregation.md.
+    downstream DAG trains them on the next knowledge publication. See docs/aggregation.md.
     """
     from keep.flows import pipeline
 

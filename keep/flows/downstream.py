@@ -28,12 +28,15 @@ Every step is idempotent: re-running one after a crash recomputes the same files
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 from keep.core.config import Settings
 from keep.core.errors import GateFailed, InputError
+from keep.core.files import atomic_write_text
 from keep.core.tables import DOWNSTREAM_SAMPLES, samples_spec
 from keep.core.time import days as day_range
 from keep.lake import delta
@@ -167,11 +170,8 @@ def train(settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
 def evaluate(settings: Settings, run: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
     """Holdout metrics of candidate, live version and control; also records the newest day's
     progressive metrics where ``keep run``'s summary reads them."""
-    import json
-
     from models.downstream.candidate import evaluate_candidate
     from models.downstream.daily import day_metrics_path
-    from models.pretrain.checkpoint import atomic_write_text
 
     holdout = evaluate_candidate(
         settings,
@@ -219,8 +219,6 @@ def gate(settings: Settings, evaluation: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pinned_lineage(checkpoint: str) -> str:
-    from pathlib import Path
-
     from models.downstream.checkpoint import load_model
 
     return load_model(Path(checkpoint)).meta.knowledge_lineage or ""
@@ -230,8 +228,6 @@ def register(
     settings: Settings, evaluation: dict[str, Any], report: dict[str, Any]
 ) -> dict[str, Any]:
     """Register the gated candidate as the next live version; the Asset event's extra."""
-    from pathlib import Path
-
     from keep.store import model_registry as registry
 
     version = registry.register(

@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from keep.core.config import GeneratorSettings, Settings
+from keep.core.files import atomic_write_text
 from keep.lake import raw_format
 
 CHUNK = 500_000  # impressions generated at a time (bounds memory; part of the world's definition)
@@ -357,7 +358,7 @@ def write_world_manifest(settings: Settings) -> Path:
         "world_id": g.world_id(),
         "generator": g.model_dump(mode="json", exclude={"truth_root"}),
     }
-    _atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -417,9 +418,3 @@ def _atomic_parquet(df: pd.DataFrame, path: Path) -> Path:
     df.to_parquet(tmp, index=False)
     tmp.replace(path)
     return path
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -36,7 +36,6 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,7 @@ import pyarrow as pa
 
 from keep.core.config import Settings
 from keep.core.errors import InputError, KeepError
+from keep.core.files import atomic_write_text
 from keep.core.tables import MODEL_REGISTRY
 from keep.lake import delta
 
@@ -89,25 +89,6 @@ def _pointer_path(settings: Settings, subsystem: str) -> Path:
     return subsystem_dir(settings, subsystem) / "LIVE.json"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @contextlib.contextmanager
 def _lock(settings: Settings, subsystem: str) -> Iterator[None]:
     folder = subsystem_dir(settings, subsystem)
@@ -130,7 +111,7 @@ def _read_pointer(settings: Settings, subsystem: str) -> dict[str, Any]:
 
 def _write_pointer(settings: Settings, subsystem: str, state: dict[str, Any]) -> None:
     state = {**state, "seq": int(state.get("seq", 0)) + 1, "updated_at": _now()}
-    _atomic_write(_pointer_path(settings, subsystem), json.dumps(state, indent=2) + "\n")
+    atomic_write_text(_pointer_path(settings, subsystem), json.dumps(state, indent=2) + "\n")
 
 
 def _now() -> str:
@@ -221,7 +202,7 @@ def record_attempt(
 ) -> None:
     """What happened to the candidate of ``(lineage, snapshot_ds)`` (atomic write)."""
     path = attempt_path(settings, subsystem, lineage, snapshot_ds)
-    _atomic_write(path, json.dumps({**record, "recorded_at": _now()}, indent=2) + "\n")
+    atomic_write_text(path, json.dumps({**record, "recorded_at": _now()}, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- writes

@@ -38,10 +38,10 @@ import torch
 
 from keep.core.config import Settings
 from keep.core.errors import InputError
+from keep.core.files import atomic_write_text
 from models.downstream.checkpoint import load_model, model_path, save_model
 from models.downstream.daily import Arms, aligned, day_table, metrics_of
 from models.downstream.trainer import predict
-from models.pretrain.checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -45,6 +45,7 @@ import torch
 
 from keep.core.config import Settings
 from keep.core.errors import InputError
+from keep.core.files import atomic_write_text
 from keep.core.tables import (
     DOWNSTREAM_SAMPLES,
     ENTITIES,
@@ -62,7 +63,6 @@ from models.downstream.finetune import FinetuneModel, finetune_from_pretrain
 from models.downstream.model import DownstreamConfig, DownstreamModel, build_model, plug_into
 from models.downstream.trainer import predict, train_on
 from models.evaluation import auc, calibration, gauc, logloss
-from models.pretrain.checkpoint import atomic_write_text
 from models.pretrain.optim import PretrainOptimizer
 
 log = logging.getLogger(__name__)

@@ -33,6 +33,7 @@ import torch
 
 from keep.core.config import Settings
 from keep.core.errors import InputError
+from keep.core.files import atomic_write_text, fsync_replace
 from models.pretrain.multitask import ModelConfig, MultiTaskModel
 
 FORMAT_VERSION = 1
@@ -104,29 +105,6 @@ def lineages(settings: Settings) -> list[str]:
     return sorted(found, key=lambda name: (created(name), name))
 
 
-def _fsync_replace(tmp: str, path: Path) -> None:
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_save(payload: dict[str, Any], path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, fsync, then ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +114,7 @@ def atomic_save(payload: dict[str, Any], path: Path) -> None:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_replace(tmp, path)
+        fsync_replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

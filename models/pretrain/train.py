@@ -40,9 +40,9 @@ from torch import nn
 
 from keep.core.config import Settings
 from keep.core.errors import InputError
+from keep.core.files import atomic_write_text
 from models.pretrain.checkpoint import (
     TrainingSnapshot,
-    atomic_write_text,
     checkpoint_days,
     checkpoint_path,
     current_lineage,
