@@ -15,7 +15,7 @@ from feast import FileSource
 from feast.data_format import DeltaFormat
 
 from keep.core.feast_names import knowledge_columns, repo_params, source_table_path, stats_columns
-from keep.core.tables import knowledge_spec, stats_spec
+from keep.core.tables import knowledge_spec, serving_features_spec, stats_spec
 
 _params = repo_params()
 
@@ -83,4 +83,24 @@ user_category_stats_source = FileSource(
     description="silver.user_category_stats: counters per (user, category) as of the end of ds.",
     owner="knowledge-platform@keep",
     tags={"layer": "silver"},
+)
+
+user_serving_source = FileSource(
+    name="downstream_user_serving_source",
+    path=source_table_path(_params, serving_features_spec("user")),
+    file_format=DeltaFormat(),
+    timestamp_field="event_timestamp",
+    description="gold.downstream_user_serving: the downstream model's own user features.",
+    owner="knowledge-platform@keep",
+    tags={"layer": "gold"},
+)
+
+item_serving_source = FileSource(
+    name="downstream_item_serving_source",
+    path=source_table_path(_params, serving_features_spec("item")),
+    file_format=DeltaFormat(),
+    timestamp_field="event_timestamp",
+    description="gold.downstream_item_serving: the downstream model's own item features.",
+    owner="knowledge-platform@keep",
+    tags={"layer": "gold"},
 )

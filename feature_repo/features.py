@@ -21,6 +21,11 @@ Three kinds of views, per entity (user, item, user x category):
   enabled view); publication creates their online tables.
 * ``<entity>_stats_fv`` -- the multi-window counters, materialized the plain Feast way
   (one full snapshot per day, so the latest row per key is the state of the last day).
+* ``downstream_user_fv`` / ``downstream_item_fv`` -- what the live downstream model reads
+  online besides knowledge (profile, in-scenario behaviours and du_* counters per user;
+  category, brand, price and di_* counters per item), one packed bytes value per key so
+  that a scoring request reads one value per key (docs/serving.md). Written online by
+  the downstream DAG's register task with the version it registers.
 
 TTLs (how far back a point-in-time join may reach from a sample's time):
 
@@ -34,15 +39,17 @@ TTLs (how far back a point-in-time join may reach from a sample's time):
 
 from data_sources import (
     item_knowledge_source,
+    item_serving_source,
     item_stats_source,
     user_category_knowledge_source,
     user_category_stats_source,
     user_knowledge_source,
+    user_serving_source,
     user_stats_source,
 )
 from entities import category, item, lineage, user
 from feast import FeatureView, Field
-from feast.types import Array, Bool, Float32, Float64, Int64, String
+from feast.types import Array, Bool, Bytes, Float32, Float64, Int64, String
 
 from keep.core.feast_names import (
     KNOWLEDGE_TTL,
@@ -52,6 +59,8 @@ from keep.core.feast_names import (
     knowledge_columns,
     knowledge_view_name,
     repo_params,
+    serving_feature,
+    serving_view_name,
     slot_view_name,
     stats_columns,
     stats_view_name,
@@ -229,3 +238,33 @@ def _stats_view(entity: str) -> FeatureView:
 user_stats_fv = _stats_view("user")
 item_stats_fv = _stats_view("item")
 user_category_stats_fv = _stats_view("user_category")
+
+# --------------------------------------------------------------------------- serving features
+
+
+def _serving_view(entity: str, source: object, entities: list) -> FeatureView:
+    return FeatureView(
+        name=serving_view_name(entity),
+        entities=entities,
+        ttl=KNOWLEDGE_TTL,
+        schema=[
+            _KEY_FIELDS[f"{entity}_id"],
+            Field(
+                name=serving_feature(entity),
+                dtype=Bytes,
+                description=(
+                    "The downstream model's own features, packed "
+                    "(models/downstream/serving_features.py)."
+                ),
+            ),
+        ],
+        source=source,
+        online=True,
+        description=f"The live downstream model's own {entity} features, as of the end of a day.",
+        owner=OWNER,
+        tags={"layer": "gold", "entity": entity, "publication": "downstream_register"},
+    )
+
+
+downstream_user_fv = _serving_view("user", user_serving_source, [user])
+downstream_item_fv = _serving_view("item", item_serving_source, [item])

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -339,6 +339,29 @@ class FeastSettings(BaseModel):
     # Rows per online-store write batch (one SQLite transaction / Redis pipeline) during
     # publication; memory is about 2 KB x this, whatever the snapshot's size.
     publish_chunk_rows: int = 50_000
+    # Password of the Redis online store (an ACL user's, see redis_user). A secret: never
+    # printed by `keep config`, never written to logs or task environments in clear; the
+    # embedded redis-server (keep.store.redis_server) is started with it.
+    redis_password: SecretStr | None = None
+    # The ACL user the platform connects as ("default" = Redis' requirepass user).
+    redis_user: str = "default"
+
+
+class ServeSettings(BaseModel):
+    """The online scoring service, `keep serve` (serving/app.py, docs/serving.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8087
+    workers: int = 1
+    # torch intra-op threads of the scorer (1: a request is small; concurrency comes from
+    # requests overlapping their store reads, not from splitting one forward pass).
+    threads: int = 1
+    # The downstream subsystem whose live registered model is served.
+    subsystem: str = "ads"
+    # Largest candidate list of one request (a longer one is refused with 422).
+    max_candidates: int = 500
+    # How often the service looks for a new live model version / publication (seconds).
+    reload_interval_s: float = 2.0
 
 
 class PipelineSettings(BaseModel):
@@ -373,6 +396,7 @@ class Settings(BaseSettings):
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
     downstream: DownstreamSettings = Field(default_factory=DownstreamSettings)
     feast: FeastSettings = Field(default_factory=FeastSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -67,6 +67,16 @@ def stats_view_name(entity: str) -> str:
     return f"{entity}_stats_fv"
 
 
+def serving_view_name(entity: str) -> str:
+    """The online view of the downstream model's own features of ``entity`` (user, item)."""
+    return f"downstream_{entity}_fv"
+
+
+def serving_feature(entity: str) -> str:
+    """The one (packed, bytes) feature of :func:`serving_view_name`."""
+    return f"downstream_{entity}_features"
+
+
 def vector_feature(entity: str) -> str:
     """Name of the vector feature of ``entity``'s knowledge views."""
     return knowledge_columns(entity)["vector"]

@@ -404,6 +404,41 @@ def training_set_spec(windows: list[int]) -> TableSpec:
     )
 
 
+# --------------------------------------------------------------------------- serving features
+
+SERVING_ENTITIES: tuple[str, ...] = ("user", "item")
+
+
+def serving_features_spec(entity: str) -> TableSpec:
+    """gold.downstream_<entity>_serving: what the live downstream model reads online, besides
+    knowledge, per user (profile, in-scenario behaviours, du_* counters) or per item
+    (category, brand, price, di_* counters), packed in one binary value per key
+    (models/downstream/serving_features.py). One partition per (subsystem, ds): the state
+    at the end of ds, for scoring on ds + 1. Written by the downstream DAG's register task;
+    the source of the Feast view ``downstream_<entity>_fv``."""
+    if entity not in SERVING_ENTITIES:
+        raise ValueError(f"no serving features for {entity!r}; entities: {SERVING_ENTITIES}")
+    keys = ENTITIES[entity]
+    return TableSpec(
+        name=f"gold.downstream_{entity}_serving",
+        description=(
+            f"Per {entity}: the downstream model's own online features as of the end of ds, "
+            "packed (one value per key), for the scoring service."
+        ),
+        key=(*keys, "subsystem", "ds"),
+        partition_by=("subsystem", "ds"),
+        schema=pa.schema(
+            [
+                *(_f(k, pa.int64(), False) for k in keys),
+                _f("features", pa.binary(), False),
+                _f("event_timestamp", TIMESTAMP, False),
+                _f("subsystem", pa.string(), False),
+                _f("ds", pa.string(), False),
+            ]
+        ),
+    )
+
+
 # --------------------------------------------------------------------------- model registry
 
 MODEL_REGISTRY = TableSpec(
