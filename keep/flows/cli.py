@@ -625,6 +625,25 @@ def airflow_unpause(
         client.close()
 
 
+@app.command()
+@_friendly
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: serve.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: serve.port).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="uvicorn worker processes (default: serve.workers).")
+    ] = None,
+) -> None:
+    """Serve the live downstream model over HTTP: POST /v1/score, GET /healthz, GET /metrics.
+
+    Knowledge comes from the online store (Feast), pinned to the lineage the live model was
+    trained on; a newly registered version is loaded in the background and swapped in.
+    """
+    from serving.app import run as run_service
+
+    run_service(load_settings(), host=host, port=port, workers=workers)
+
+
 @app.command("import-taobao")
 @_friendly
 def import_taobao(

@@ -19,8 +19,10 @@ event, never from a date:
 4. :func:`evaluate` -- candidate, live version and control on the newest day's holdout.
 5. :func:`gate` -- the model gate (keep/quality/model_gate.py); raises
    :class:`~keep.core.errors.GateFailed` and records the rejection.
-6. :func:`register` -- the next version in the model registry, made live; returns what the
-   ``keep_downstream_model`` Asset event carries.
+6. :func:`register` -- the model's own online features of ``S``
+   (:func:`publish_serving_features`, read by the scoring service), then the next version
+   in the model registry, made live; returns what the ``keep_downstream_model`` Asset
+   event carries.
 
 Every step is idempotent: re-running one after a crash recomputes the same files.
 """
@@ -224,12 +226,45 @@ def _pinned_lineage(checkpoint: str) -> str:
     return load_model(Path(checkpoint)).meta.knowledge_lineage or ""
 
 
+def publish_serving_features(settings: Settings, name: str, snapshot_ds: str) -> dict[str, Any]:
+    """Build the downstream model's own online features of the end of ``snapshot_ds`` and
+    write them to the lake and the online store (idempotent)."""
+    from keep.store.serving_features import read_sources, write_serving_features
+    from models.downstream.serving_features import build_item_features, build_user_features
+
+    ds = dt.date.fromisoformat(snapshot_ds)
+    ds_settings = settings.downstream
+    sources = read_sources(settings, ds)
+    users = build_user_features(
+        sources.dim_users,
+        sources.user_behavior,
+        sources.history,
+        ds=ds,
+        scenario=ds_settings.scenario,
+        counter_windows=ds_settings.counter_windows,
+        max_seq_len=ds_settings.max_seq_len,
+        prior_strength=ds_settings.prior_strength,
+    )
+    items = build_item_features(
+        sources.dim_items,
+        sources.history,
+        ds=ds,
+        scenario=ds_settings.scenario,
+        counter_windows=ds_settings.counter_windows,
+        prior_strength=ds_settings.prior_strength,
+    )
+    return write_serving_features(settings, name, ds, {"user": users, "item": items})
+
+
 def register(
     settings: Settings, evaluation: dict[str, Any], report: dict[str, Any]
 ) -> dict[str, Any]:
     """Register the gated candidate as the next live version; the Asset event's extra."""
     from keep.store import model_registry as registry
 
+    # The model's own online features of the snapshot day go online before the version
+    # goes live, so the scoring service never loads a version without them.
+    publish_serving_features(settings, evaluation["subsystem"], evaluation["snapshot_ds"])
     version = registry.register(
         settings,
         evaluation["subsystem"],

@@ -172,6 +172,39 @@ def live(settings: Settings, subsystem: str) -> ModelVersion | None:
     return None if number is None else get(settings, subsystem, int(number))
 
 
+def live_record(settings: Settings, subsystem: str) -> dict[str, Any] | None:
+    """The live version's ``version.json`` (number, lineage, snapshot, checkpoint) from the
+    pointer file, without reading the registry table: cheap enough to poll (the scoring
+    service does). None before the first registration."""
+    state = _read_pointer(settings, subsystem)
+    number = state.get("live")
+    if number is None:
+        return None
+    path = version_dir(settings, subsystem, int(number)) / "version.json"
+    if not path.is_file():
+        raise InputError(
+            f"{subsystem}: the live pointer names v{number} but {path} is missing; "
+            "`keep models rollback` or re-register"
+        )
+    record: dict[str, Any] = json.loads(path.read_text())
+    record["live_seq"] = state.get("seq", 0)
+    return record
+
+
+def pinned_lineages(settings: Settings) -> dict[str, str]:
+    """Subsystem -> the knowledge lineage its live version was trained on (every subsystem
+    with a live version). Publication keeps a snapshot of each of these readable online."""
+    root = settings.downstream.registry_root
+    if not root.is_dir():
+        return {}
+    pins = {}
+    for folder in sorted(p for p in root.iterdir() if (p / "LIVE.json").is_file()):
+        record = live_record(settings, folder.name)
+        if record is not None:
+            pins[folder.name] = str(record["knowledge_lineage"])
+    return pins
+
+
 def find(settings: Settings, subsystem: str, lineage: str, snapshot_ds: str) -> ModelVersion | None:
     """The version trained for knowledge snapshot ``(lineage, snapshot_ds)``, if any."""
     for v in versions(settings, subsystem):

@@ -436,6 +436,39 @@ def _publication_lock(settings: Settings) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _keep_pinned_readable(
+    settings: Settings, state: Mapping[str, Any], target: str, lineage: str
+) -> None:
+    """Refuse to overwrite the last online snapshot of a lineage a live downstream model is
+    pinned to (a model never scores with knowledge of another lineage).
+
+    After a new lineage is published, the previous lineage's snapshot stays in the other
+    slot; the scoring service keeps reading it until a model trained on the new lineage is
+    registered. Publishing again before that would overwrite it.
+    """
+    from keep.store.model_registry import pinned_lineages
+
+    held = state["slots"].get(target, {})
+    old = held.get("lineage")
+    if held.get("status") != "complete" or old is None or old == lineage:
+        return
+    others = [
+        s
+        for s in SLOTS
+        if s != target
+        and state["slots"].get(s, {}).get("status") == "complete"
+        and state["slots"][s].get("lineage") == old
+    ]
+    pinned = sorted(sub for sub, pin in pinned_lineages(settings).items() if pin == old)
+    if pinned and not others:
+        raise GateFailed(
+            f"slot '{target}' holds the last online snapshot of lineage {old} "
+            f"({held.get('snapshot_ds')}), which the live model of {', '.join(pinned)} is "
+            f"pinned to: register a model trained on {lineage} first (the downstream DAG "
+            "does after each publication), then publish again (live knowledge is unchanged)"
+        )
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
@@ -488,6 +521,7 @@ def publish_knowledge(
         state = pointer.read()
         previous = live_from_state(state)
         target = SLOTS[1] if state["live"] == SLOTS[0] else SLOTS[0]
+        _keep_pinned_readable(settings, state, target, lineage)
         state["slots"][target] = {
             "status": "writing",
             "lineage": lineage,
