@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyspark.sql import SparkSession
@@ -67,12 +68,26 @@ def settings(tmp_path: Path) -> Settings:
 # --------------------------------------------------------------------------- Feast stores
 
 
+# Every Redis test connects with a password (an ACL user's), as a deployment should; the
+# characters a connection string or a config file could trip over are part of it.
+REDIS_PASSWORD = 'te st"pw=1\\'
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A private redis-server (127.0.0.1, free port, own dir) for the whole session."""
-    server = start_redis(tmp_path_factory.mktemp("redis"))
+    """A private redis-server (127.0.0.1, free port, own dir, password) for the session."""
+    server = start_redis(tmp_path_factory.mktemp("redis"), password=REDIS_PASSWORD)
     yield server
     stop_redis(server)
+
+
+def redis_client(server: RedisServer) -> Any:
+    """A redis-py client logged in to ``server``."""
+    import redis
+
+    return redis.Redis(
+        host=server.host, port=server.port, username=server.user, password=server.password
+    )
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -81,8 +96,8 @@ def feast_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     feast: dict[str, object] = {"online_store": request.param, "publish_chunk_rows": 16}
     if request.param == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
-        import redis
-
-        redis.Redis(host=server.host, port=server.port).flushall()
-        feast["redis_connection"] = server.connection_string
+        redis_client(server).flushall()
+        feast["redis_connection"] = server.address
+        feast["redis_password"] = server.password
+        feast["redis_user"] = server.user
     return make_settings(tmp_path, feast=feast, pretrain={"knowledge_dim": 8})

@@ -341,8 +341,12 @@ class FeastSettings(BaseModel):
     publish_chunk_rows: int = 50_000
     # Password of the Redis online store (an ACL user's, see redis_user). A secret: never
     # printed by `keep config`, never written to logs or task environments in clear; the
-    # embedded redis-server (keep.store.redis_server) is started with it.
+    # embedded redis-server (keep.store.redis_server) is started with it. Set it here, with
+    # KEEP_FEAST__REDIS_PASSWORD, or through redis_password_file; never in redis_connection.
     redis_password: SecretStr | None = None
+    # A file holding the password (a trailing newline is ignored; keep it mode 0600), read
+    # when redis_password is not set. Airflow's tasks get the password this way.
+    redis_password_file: Path | None = None
     # The ACL user the platform connects as ("default" = Redis' requirepass user).
     redis_user: str = "default"
 
@@ -433,6 +437,20 @@ class Settings(BaseSettings):
                     setattr(section, name, self.home / value)
         return self
 
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> Settings:
+        """Load ``feast.redis_password`` from ``feast.redis_password_file`` (paths resolved)."""
+        f = self.feast
+        if f.redis_password is None and f.redis_password_file is not None:
+            try:
+                text = f.redis_password_file.read_text()
+            except OSError as exc:
+                raise ValueError(
+                    f"feast.redis_password_file {f.redis_password_file}: {exc.strerror}"
+                ) from None
+            f.redis_password = SecretStr(text.removesuffix("\n").removesuffix("\r"))
+        return self
+
     def fingerprint(self) -> str:
         """Short hash of the settings that change results (not paths), for lineage records."""
         payload: dict[str, Any] = {
@@ -451,11 +469,22 @@ def mask_password(url: str) -> str:
     return _URL_PASSWORD.sub(r"\g<head>***@", url)
 
 
+_CONNECTION_PASSWORD = re.compile(r"(password=)[^,\n]*")
+
+
+def mask_connection_string(text: str) -> str:
+    """``text`` with every ``password=...`` of a Redis connection string (up to the next
+    comma) replaced by ``password=***``; for messages that may quote one."""
+    return _CONNECTION_PASSWORD.sub(r"\g<1>***", text)
+
+
 def display_settings(settings: Settings) -> dict[str, Any]:
-    """The settings as JSON-able data for people (``keep config``): secrets masked."""
+    """The settings as JSON-able data for people (``keep config``): secrets masked
+    (``feast.redis_password`` is a SecretStr, shown as ``**********``)."""
     data = settings.model_dump(mode="json")
     if data["airflow"].get("database_url"):
         data["airflow"]["database_url"] = mask_password(data["airflow"]["database_url"])
+    data["feast"]["redis_connection"] = mask_connection_string(data["feast"]["redis_connection"])
     return data
 
 

@@ -10,6 +10,9 @@ own process: every Airflow command runs as a subprocess with the environment bui
 * the full KEEP settings as ``KEEP_HOME`` + one JSON value per section
   (``KEEP_SPARK='{"master": ...}'``), so the tasks' ``load_settings()`` rebuilds exactly
   the object the caller holds, wherever it came from (file, environment, test overrides).
+  Secrets are not among them: the Redis password (``feast.redis_password``) is written to
+  a 0600 file (:func:`redis_password_file`) that the tasks' ``feast.redis_password_file``
+  names, so it never appears in a process environment.
 
 The embedded mode runs a day with ``airflow dags test`` (:func:`dags_test`): Airflow 3
 parses the DAG, creates a DagRun in the metadata DB and runs each task *in the same
@@ -117,6 +120,35 @@ def database_url_file(settings: Settings) -> Path:
     return settings.airflow.home / "run" / "database.url"
 
 
+def redis_password_file(settings: Settings) -> Path:
+    """The 0600 file from which Airflow's tasks read the Redis password (when one is set)."""
+    return settings.airflow.home / "run" / "redis.password"
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Write ``text`` verbatim to ``path``, mode 0600 from the start, replaced atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file() and path.read_text() == text:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _feast_for_tasks(settings: Settings) -> str:
+    """The feast section as the tasks get it: the password replaced by the file holding it."""
+    feast = settings.feast
+    if not feast.redis_password:
+        return feast.model_dump_json(exclude={"redis_password"})
+    path = redis_password_file(settings)
+    _write_secret(path, feast.redis_password.get_secret_value())
+    return feast.model_copy(update={"redis_password_file": path}).model_dump_json(
+        exclude={"redis_password"}
+    )
+
+
 def api_url(settings: Settings) -> str:
     """Base URL of the API server (UI, REST API v2, Execution API), without a trailing /."""
     return f"http://{settings.airflow.api_host}:{settings.airflow.api_port}"
@@ -128,6 +160,7 @@ def airflow_environ(settings: Settings, *, services: bool = False) -> dict[str, 
     ``services=False``: the embedded mode (SQLite DB, ``airflow dags test``);
     ``services=True``: the running services of ``keep airflow up`` (see the module doc).
     Layer it over the parent environment (see :func:`command_environ`); values here win.
+    When a Redis password is set, (re)writes :func:`redis_password_file` for the tasks.
     """
     home = settings.airflow.home
     parallelism = str(settings.airflow.parallelism)
@@ -175,6 +208,9 @@ def airflow_environ(settings: Settings, *, services: bool = False) -> dict[str, 
     else:
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{metadata_db(settings)}"
     for section in _SECTIONS:
+        if section == "feast":
+            env["KEEP_FEAST"] = _feast_for_tasks(settings)
+            continue
         # The tasks never need the metadata DB's URL (and its password).
         exclude = {"database_url"} if section == "airflow" else None
         env[f"KEEP_{section.upper()}"] = getattr(settings, section).model_dump_json(exclude=exclude)

@@ -8,7 +8,10 @@ module ties it to the project's :class:`~keep.core.config.Settings`:
   ``cd feature_repo && env $(...) feast apply`` and :func:`get_store` see the same store;
 * :func:`get_store` / :func:`apply_repo` -- a ``FeatureStore`` for a Settings, and
   ``feast apply`` run in-process;
-* :func:`shell_exports` -- the same variables as shell ``export`` lines, for Feast's CLI.
+* :func:`shell_exports` -- the same variables as shell ``export`` lines, for Feast's CLI;
+* :func:`redis_connection_string` -- Feast's Redis connection string with the credentials of
+  ``feast.redis_password`` / ``feast.redis_user``. Only :func:`repo_config` puts it into a
+  Feast config; the variables above never hold the password.
 
 Names of views, slots and services: ``keep.core.feast_names``. Publication of knowledge
 into the online store: ``keep.store.publication``.
@@ -28,8 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from keep.core.config import Settings
+from keep.core.config import Settings, mask_connection_string
 from keep.core.errors import InputError, SetupError
+from keep.store.redis_server import feast_connection_string
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -83,13 +87,16 @@ def feast_env(settings: Settings) -> dict[str, str]:
     ``${KEEP_FEAST_ONLINE_PATH}``, ``${KEEP_FEAST_REDIS}``; the declarations read the lake root,
     counter windows and knowledge dimension. ``FEAST_FS_YAML_FILE_PATH`` selects the yaml
     of the configured online store, so ``feast apply`` / ``feast serve`` need no flags.
+    ``KEEP_FEAST_REDIS`` is ``feast.redis_connection`` without credentials: the password
+    is added by :func:`repo_config` only (:func:`redis_connection_string`).
     """
     f = settings.feast
     return {
         "KEEP_FEAST_PROJECT": f.project,
         "KEEP_FEAST_REGISTRY": str(f.store_root / "registry.db"),
         "KEEP_FEAST_ONLINE_PATH": str(f.store_root / "online.db"),
-        "KEEP_FEAST_REDIS": f.redis_connection,
+        # Validated: a password written into redis_connection is refused.
+        "KEEP_FEAST_REDIS": feast_connection_string(f.redis_connection, password=None),
         "KEEP_FEAST_LAKE_ROOT": str(settings.lake.root),
         "KEEP_FEAST_WINDOWS": ",".join(str(w) for w in settings.aggregate.windows),
         "KEEP_FEAST_KNOWLEDGE_DIM": str(settings.pretrain.knowledge_dim),
@@ -106,13 +113,28 @@ def feature_store_yaml(settings: Settings) -> Path:
     return settings.feast.repo_path / YAML_FOR_STORE[kind]
 
 
+def redis_connection_string(settings: Settings, address: str | None = None) -> str:
+    """Feast's Redis ``connection_string`` for ``settings``: ``address`` (default
+    ``feast.redis_connection``) plus ``feast.redis_user`` / ``feast.redis_password`` when a
+    password is set. It holds the password: give it to Feast, never show it
+    (:func:`keep.core.config.mask_connection_string`)."""
+    f = settings.feast
+    # An empty password (e.g. KEEP_FEAST__REDIS_PASSWORD=) means none.
+    password = f.redis_password.get_secret_value() if f.redis_password else None
+    return feast_connection_string(
+        f.redis_connection if address is None else address, password=password, user=f.redis_user
+    )
+
+
 def repo_config(settings: Settings, **online_overrides: Any) -> RepoConfig:
     """Feast's RepoConfig from the repo's yaml, variables substituted from the settings.
 
     The same file the CLI reads; substitution is strict here (a missing variable is an
-    error, where the CLI would keep the literal ``${...}``).
+    error, where the CLI would keep the literal ``${...}``). A Redis online store gets the
+    credentials of the settings (:func:`redis_connection_string`); errors never show them.
     """
     from feast.repo_config import RepoConfig
+    from pydantic import ValidationError
 
     path = feature_store_yaml(settings)
     env = feast_env(settings)
@@ -129,9 +151,19 @@ def repo_config(settings: Settings, **online_overrides: Any) -> RepoConfig:
         line if line.lstrip().startswith("#") else _VARIABLE.sub(substitute, line) for line in lines
     )
     raw = yaml.safe_load(text)
-    if online_overrides:
-        raw["online_store"] = {**raw["online_store"], **online_overrides}
-    config = RepoConfig(**raw)
+    online = dict(raw["online_store"])
+    if online.get("type") == "redis":
+        online["connection_string"] = redis_connection_string(
+            settings, str(online.get("connection_string", settings.feast.redis_connection))
+        )
+    raw["online_store"] = {**online, **online_overrides}
+    try:
+        config = RepoConfig(**raw)
+    except ValidationError as exc:
+        message = mask_connection_string(str(exc))
+        if settings.feast.redis_password:
+            message = message.replace(settings.feast.redis_password.get_secret_value(), "***")
+        raise SetupError(f"{path}: invalid Feast configuration: {message}") from None
     config.repo_path = settings.feast.repo_path
     return config
 
