@@ -178,7 +178,7 @@ def main() -> None:
             from keep.store.redis_server import start
 
             redis = start(home / "redis")
-            overrides["feast"]["redis_connection"] = redis.connection_string
+            overrides["feast"]["redis_connection"] = redis.address
         config.write_text(yaml.safe_dump(overrides))
         settings = load_settings(home=home, **overrides)
         t0 = time.perf_counter()

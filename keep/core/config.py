@@ -360,8 +360,9 @@ class ServeSettings(BaseModel):
     # torch intra-op threads of the scorer (1: a request is small; concurrency comes from
     # requests overlapping their store reads, not from splitting one forward pass).
     threads: int = 1
-    # The downstream subsystem whose live registered model is served.
-    subsystem: str = "ads"
+    # The downstream subsystem whose live registered model is served (None: the
+    # downstream scenario, downstream.scenario).
+    subsystem: str | None = None
     # Largest candidate list of one request (a longer one is refused with 422).
     max_candidates: int = 500
     # How often the service looks for a new live model version / publication (seconds).

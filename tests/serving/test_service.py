@@ -47,7 +47,7 @@ from keep.store.publication import publish_knowledge, read_pointer
 from models.downstream.checkpoint import load_model
 from models.downstream.counters import add_downstream_counters
 from serving.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import make_settings, redis_client
 
 
 def _settings(tmp_path: Path, **feast: Any) -> Settings:
@@ -195,10 +195,8 @@ def test_scores_equal_the_offline_model(
     feast: dict[str, Any] = {"online_store": backend}
     if backend == "redis":
         server = request.getfixturevalue("redis_server")
-        import redis
-
-        redis.Redis(host=server.host, port=server.port, password=server.password).flushall()
-        feast["redis_connection"] = server.connection_string
+        redis_client(server).flushall()
+        feast["redis_connection"] = server.address
         feast["redis_password"] = server.password
     settings = _settings(tmp_path, **feast)
     serving_world(settings, "L1")
@@ -335,7 +333,7 @@ def test_store_down_is_503(tmp_path: Path) -> None:
     settings = _settings(
         tmp_path,
         online_store="redis",
-        redis_connection=server.connection_string,
+        redis_connection=server.address,
         redis_password=server.password,
     )
     try:
