@@ -373,6 +373,7 @@ class KnowledgeRetriever:
         self._keys = {e: _KeyEncoder(e, version, suffix) for e in KNOWLEDGE_ENTITIES}
         self._vectors = _VectorDecoder(self.dim)
         self._names: dict[str, str] = {}
+        self._tables: dict[str, str] = {}
         self._local = threading.local()
         self._lock = threading.Lock()
         self._sqlite_connections: list[sqlite3.Connection] = []
@@ -526,12 +527,11 @@ class KnowledgeRetriever:
         try:
             conn = self._sqlite()
             conn.execute("BEGIN")
-            try:
-                read = self._sqlite_reads(conn, request)
-            finally:
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
+            read = self._sqlite_reads(conn, request)
+            conn.execute("COMMIT")
             return read
+        # On any failure the connection is closed (ending its transaction) and reopened by
+        # the next request.
         except sqlite3.DatabaseError as e:
             self._forget_sqlite()
             if isinstance(e, sqlite3.ProgrammingError | sqlite3.IntegrityError):
@@ -555,11 +555,12 @@ class KnowledgeRetriever:
         """Values of ``feature`` for ``keys`` (None: no row); ``optional``: no table = no rows."""
         if not keys:
             return []
-        from feast.infra.online_stores.helpers import compute_table_id
+        table = self._tables.get(view)
+        if table is None:
+            from feast.infra.online_stores.helpers import compute_table_id
 
-        table = _quote(
-            compute_table_id(self._project, types.SimpleNamespace(name=self._name(view)))
-        )
+            named = types.SimpleNamespace(name=self._name(view))
+            table = self._tables[view] = _quote(compute_table_id(self._project, named))
         unique = list(dict.fromkeys(keys))
         found: dict[bytes, bytes] = {}
         for start in range(0, len(unique), _SQLITE_KEYS_PER_QUERY):
