@@ -15,3 +15,8 @@ class InputError(KeepError):
 
 class GateFailed(KeepError):
     """A Great Expectations gate rejected a table; the message summarises the failures."""
+
+
+class StoreUnavailable(KeepError):
+    """The online store cannot be reached or read (server down, timeout, database that cannot
+    be opened or stays locked): nothing was served, rather than zero vectors."""

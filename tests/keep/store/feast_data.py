@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -12,6 +13,9 @@ from deltalake import write_deltalake
 from keep.core.config import Settings
 from keep.core.tables import ENTITIES, knowledge_spec, stats_spec, window_columns
 from keep.lake.delta import table_path
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 
 def end_of(ds: dt.date) -> dt.datetime:
@@ -112,3 +116,22 @@ def write_stats(settings: Settings, entity: str, ds: dt.date, n: int = 10) -> pa
         predicate=f"ds = '{ds.isoformat()}'",
     )
     return table
+
+
+def write_serving_online(
+    store: FeatureStore, entity: str, ids: list[int], blobs: list[bytes], ds: dt.date
+) -> None:
+    """Packed downstream features of ``ids`` straight into ``downstream_<entity>_fv`` online
+    (Feast's own ``write_to_online_store``), stamped at the end of ``ds``."""
+    import pandas as pd
+
+    from keep.core.feast_names import serving_feature, serving_view_name
+
+    frame = pd.DataFrame(
+        {
+            ENTITIES[entity][0]: np.asarray(ids, np.int64),
+            serving_feature(entity): list(blobs),
+            "event_timestamp": [end_of(ds)] * len(ids),
+        }
+    )
+    store.write_to_online_store(serving_view_name(entity), frame)
