@@ -309,7 +309,7 @@ def main() -> None:
             feast: dict[str, Any] = {"online_store": store}
             if store == "redis":
                 server = redis_server.start(root / "redis")
-                feast["redis_connection"] = server.connection_string
+                feast["redis_connection"] = server.address
             settings = load_settings(
                 home=root / "home", feast=feast, pretrain={"knowledge_dim": args.dim}
             )

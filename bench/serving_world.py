@@ -242,7 +242,7 @@ def write_model(settings: Settings, lineage: str, ds: dt.date, seed: int) -> Pat
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.3)
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
     path = settings.home / "models" / f"{lineage}-{ds}-{seed}.pt"
     meta = DownstreamMeta(
         arm="keep",

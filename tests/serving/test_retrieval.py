@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import SecretStr
 
 from keep.core.config import Settings
 from keep.core.errors import InputError, StoreUnavailable
@@ -302,8 +303,10 @@ def test_serving_features_and_categories_from_items(feast_settings: Settings) ->
 def test_store_unavailable_is_an_error(feast_settings: Settings, tmp_path: Path) -> None:
     s = feast_settings
     if s.feast.online_store == "redis":
-        server = start_redis(tmp_path / "own-redis")  # this test stops it
-        s.feast.redis_connection = server.connection_string
+        server = start_redis(tmp_path / "own-redis", password="own pass")  # this test stops it
+        s.feast.redis_connection = server.address
+        s.feast.redis_password = SecretStr("own pass")
+        s.feast.redis_user = server.user
         try:
             published(s)
             retriever = KnowledgeRetriever(s, timeout_s=1.0)

@@ -80,10 +80,14 @@ def _lake(settings: Settings, spec: Any, where: pc.Expression | None = None) -> 
 
 
 def offline_scores(
-    settings: Settings, lineage: str, requests: list[tuple[int, list[int]]]
+    settings: Settings,
+    lineage: str,
+    requests: list[tuple[int, list[int]]],
+    given: list[list[int] | None] | None = None,
 ) -> list[np.ndarray]:
     """The registered model on training-set rows built from the lake for day D1 + 1: dims
-    as of D1, behaviours of D1, counters over days <= D1, knowledge snapshot (lineage, D1)."""
+    as of D1, behaviours of D1, counters over days <= D1, knowledge snapshot (lineage, D1).
+    ``given``: the categories a request named (they key its user x category knowledge)."""
     live = registry.live(settings, SUBSYSTEM)
     assert live is not None and live.knowledge_lineage == lineage
     model = load_model(Path(live.checkpoint)).model
@@ -106,10 +110,12 @@ def offline_scores(
         keys = [k for k in spec.key if k.endswith("_id")]
         vectors[entity] = {tuple(r[k] for k in keys): r["vector"] for r in snap.to_pylist()}
     rows: list[dict[str, Any]] = []
-    for user, item_ids in requests:
-        for item in item_ids:
+    for k, (user, item_ids) in enumerate(requests):
+        named = given[k] if given else None
+        for j, item in enumerate(item_ids):
             u, i = users.get(user, {}), items.get(item, {})
             cat = i.get("category_id")
+            uc_cat = named[j] if named else cat
             row = {
                 "user_id": user,
                 "item_id": item,
@@ -125,7 +131,7 @@ def offline_scores(
             for entity, key in (
                 ("user", (user,)),
                 ("item", (item,)),
-                ("user_category", (user, cat)),
+                ("user_category", (user, uc_cat)),
             ):
                 vec = vectors[entity].get(key)
                 row[f"{entity}_vector"] = vec or []
@@ -201,13 +207,15 @@ def test_scores_equal_the_offline_model(
     settings = _settings(tmp_path, **feast)
     serving_world(settings, "L1")
     requests = _random_requests(1000 if backend == "sqlite" else 300, seed=1)
-    expected = offline_scores(settings, "L1", requests)
+    # Half the requests name the categories (they key the user x category knowledge, even
+    # for items the store does not know); the others let the service look them up.
+    given = [[item_category(i) for i in items] if u % 2 == 0 else None for u, items in requests]
+    expected = offline_scores(settings, "L1", requests, given)
     with TestClient(create_app(settings)) as client:
-        for (user, items), want in zip(requests, expected, strict=True):
-            given_categories = user % 2 == 0  # half the requests name the categories
+        for (user, items), named, want in zip(requests, given, expected, strict=True):
             body: dict[str, Any] = {"user_id": user, "item_ids": items}
-            if given_categories:
-                body["category_ids"] = [item_category(i) for i in items]
+            if named:
+                body["category_ids"] = named
             reply = client.post("/v1/score", json=body)
             assert reply.status_code == 200, reply.text
             got = reply.json()
