@@ -46,16 +46,20 @@ async def _step(
         if delay > 0:
             await asyncio.sleep(delay)
         try:
-            reply = await client.post(
-                url,
-                content=bodies[k % len(bodies)],
-                headers={"content-type": "application/json"},
-                timeout=timeout_s,
+            # One deadline for the whole request, waiting for a connection included.
+            reply = await asyncio.wait_for(
+                client.post(
+                    url,
+                    content=bodies[k % len(bodies)],
+                    headers={"content-type": "application/json"},
+                    timeout=timeout_s,
+                ),
+                timeout_s,
             )
             if reply.status_code != 200:
                 errors[str(reply.status_code)] = errors.get(str(reply.status_code), 0) + 1
                 return
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, TimeoutError) as e:
             errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
             return
         now = loop.time()

@@ -156,6 +156,9 @@ def main() -> None:
     parser.add_argument("--online-store", default="sqlite", choices=["sqlite", "redis"])
     parser.add_argument("--budget-ms", type=float, default=25.0)
     parser.add_argument("--keep-world", action="store_true", help="reuse --home if built")
+    parser.add_argument(
+        "--project-only", action="store_true", help="measure keep serve only (no report written)"
+    )
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     sizes = Sizes(
@@ -215,6 +218,9 @@ def main() -> None:
     finally:
         _stop(service)
 
+    if args.project_only:
+        print(json.dumps(results["project"], indent=1))
+        return
     # --- the plain path: feast serve + the same model in a minimal endpoint
     feast_port, plain_port = _port(), _port()
     feast_env_vars = {**env, **feast_env(settings)}

@@ -356,7 +356,10 @@ class ServeSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = 8087
-    workers: int = 1
+    # uvicorn worker processes (None: one per CPU core). Each loads the model and its own
+    # store connections; scoring is CPU-bound Python, so processes -- not threads -- add
+    # throughput (docs/serving.md).
+    workers: int | None = None
     # torch intra-op threads of the scorer (1: a request is small; concurrency comes from
     # requests overlapping their store reads, not from splitting one forward pass).
     threads: int = 1

@@ -189,7 +189,8 @@ def downstream_batch(
     ``counter_windows`` must be present (:func:`models.downstream.counters.add_downstream_counters`).
     """
     names = downstream_counter_columns(counter_windows)
-    absent = [c for c in names if c not in table.column_names]
+    present = set(table.column_names)
+    absent = [c for c in names if c not in present]
     if absent:
         raise InputError(
             f"{WHAT} needs the downstream-only counters {absent[:3]}...: add them with "

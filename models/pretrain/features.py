@@ -93,7 +93,7 @@ def _hash_strings(arr: pa.Array | pa.ChunkedArray, field: str) -> np.ndarray:
 
 
 def _column(table: pa.Table, name: str, what: str) -> pa.ChunkedArray:
-    if name not in table.column_names:
+    if table.schema.get_field_index(name) < 0:
         raise InputError(
             f"{what} needs column {name!r}; got {table.column_names[:12]}... "
             "Build the table with the gold-sample column names (keep.core.tables.samples_spec)."
