@@ -34,3 +34,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write ``text`` verbatim to a file readable by its owner only (mode 0600 from its
+    creation: ``mkstemp`` makes it so), atomically; nothing is written if it holds ``text``."""
+    if path.is_file() and path.read_text() == text:
+        return
+    atomic_write_text(path, text)

@@ -64,6 +64,7 @@ from pathlib import Path
 
 from keep.core.config import Settings
 from keep.core.errors import KeepError
+from keep.core.files import write_secret
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = REPO_ROOT / "dags"
@@ -125,25 +126,13 @@ def redis_password_file(settings: Settings) -> Path:
     return settings.airflow.home / "run" / "redis.password"
 
 
-def _write_secret(path: Path, text: str) -> None:
-    """Write ``text`` verbatim to ``path``, mode 0600 from the start, replaced atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_file() and path.read_text() == text:
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _feast_for_tasks(settings: Settings) -> str:
     """The feast section as the tasks get it: the password replaced by the file holding it."""
     feast = settings.feast
     if not feast.redis_password:
         return feast.model_dump_json(exclude={"redis_password"})
     path = redis_password_file(settings)
-    _write_secret(path, feast.redis_password.get_secret_value())
+    write_secret(path, feast.redis_password.get_secret_value())
     return feast.model_copy(update={"redis_password_file": path}).model_dump_json(
         exclude={"redis_password"}
     )

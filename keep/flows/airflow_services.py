@@ -39,6 +39,7 @@ import psutil
 
 from keep.core.config import Settings, mask_password
 from keep.core.errors import KeepError
+from keep.core.files import write_secret
 from keep.flows.airflow_api import AirflowApiError, AirflowClient
 from keep.flows.airflow_env import (
     airflow_command,
@@ -280,18 +281,6 @@ def _database_url(settings: Settings) -> str:
     return server.url
 
 
-def _write_secret(path: Path, text: str) -> None:
-    """Write ``text`` to a 0600 file (no trailing newline: Airflow reads it verbatim)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_file() and path.read_text() == text:
-        return
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def up(settings: Settings, *, timeout_s: float = 300.0) -> ServicesStatus:
     """Start the metadata DB, migrate it, start the scheduler, the dag processor and the
     API server (those not running yet), and wait until they are healthy.
@@ -303,7 +292,7 @@ def up(settings: Settings, *, timeout_s: float = 300.0) -> ServicesStatus:
     db_was_running = own_db and postgres_server.running(postgres_dir(settings)) is not None
     started: list[str] = []
     try:
-        _write_secret(database_url_file(settings), _database_url(settings))
+        write_secret(database_url_file(settings), _database_url(settings))
         migrated = init_airflow(settings, services=True, timeout=timeout_s)
         for name in SERVICES:
             if _running(settings, name) is None:
