@@ -32,6 +32,7 @@ async def _step(
     rate: float,
     duration_s: float,
     timeout_s: float,
+    max_inflight: int,
 ) -> dict[str, Any]:
     n = int(rate * duration_s)
     latencies: list[float] = []
@@ -40,11 +41,20 @@ async def _step(
     loop = asyncio.get_running_loop()
     t0 = loop.time() + 0.2
 
+    inflight = 0
+
     async def one(k: int) -> None:
+        nonlocal inflight
         due = t0 + k / rate
         delay = due - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
+        if inflight >= max_inflight:
+            # The server is this far behind: count the request as failed rather than
+            # let thousands of waiting connections make the client the bottleneck.
+            errors["client_in_flight_cap"] = errors.get("client_in_flight_cap", 0) + 1
+            return
+        inflight += 1
         try:
             # One deadline for the whole request, waiting for a connection included.
             reply = await asyncio.wait_for(
@@ -62,6 +72,8 @@ async def _step(
         except (httpx.HTTPError, TimeoutError) as e:
             errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
             return
+        finally:
+            inflight -= 1
         now = loop.time()
         latencies.append(now - due)
         done_at.append(now)
@@ -91,7 +103,12 @@ async def _step(
 
 
 async def run(
-    url: str, bodies: list[bytes], rates: list[float], duration_s: float, timeout_s: float
+    url: str,
+    bodies: list[bytes],
+    rates: list[float],
+    duration_s: float,
+    timeout_s: float,
+    max_inflight: int,
 ) -> list[dict[str, Any]]:
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     async with httpx.AsyncClient(limits=limits, http2=False) as client:
@@ -101,7 +118,7 @@ async def run(
         results = []
         for rate in rates:
             started = time.perf_counter()
-            result = await _step(client, url, bodies, rate, duration_s, timeout_s)
+            result = await _step(client, url, bodies, rate, duration_s, timeout_s, max_inflight)
             result["wall_s"] = time.perf_counter() - started
             print(
                 f"  {rate:>6.0f} req/s: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
@@ -119,11 +136,19 @@ def main() -> None:
     parser.add_argument("--rates", default="25,50,100,200")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per rate")
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=64,
+        help="a due request finding this many unanswered ones fails at once (client cap)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     bodies = [json.dumps(b).encode() for b in json.loads(args.bodies.read_text())]
     rates = [float(r) for r in args.rates.split(",")]
-    results = asyncio.run(run(args.url, bodies, rates, args.duration, args.timeout))
+    results = asyncio.run(
+        run(args.url, bodies, rates, args.duration, args.timeout, args.max_in_flight)
+    )
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 
