@@ -14,7 +14,13 @@ Paths come from the project settings through ``KEEP_FEAST_*`` variables
 from feast import FileSource
 from feast.data_format import DeltaFormat
 
-from keep.core.feast_names import knowledge_columns, repo_params, source_table_path, stats_columns
+from keep.core.feast_names import (
+    knowledge_columns,
+    repo_params,
+    serving_feature,
+    source_table_path,
+    stats_columns,
+)
 from keep.core.tables import knowledge_spec, serving_features_spec, stats_spec
 
 _params = repo_params()
@@ -90,6 +96,7 @@ user_serving_source = FileSource(
     path=source_table_path(_params, serving_features_spec("user")),
     file_format=DeltaFormat(),
     timestamp_field="event_timestamp",
+    field_mapping={"features": serving_feature("user")},
     description="gold.downstream_user_serving: the downstream model's own user features.",
     owner="knowledge-platform@keep",
     tags={"layer": "gold"},
@@ -100,6 +107,7 @@ item_serving_source = FileSource(
     path=source_table_path(_params, serving_features_spec("item")),
     file_format=DeltaFormat(),
     timestamp_field="event_timestamp",
+    field_mapping={"features": serving_feature("item")},
     description="gold.downstream_item_serving: the downstream model's own item features.",
     owner="knowledge-platform@keep",
     tags={"layer": "gold"},

@@ -217,6 +217,11 @@ def apply_repo(settings: Settings) -> FeatureStore:
             os.chdir(cwd)
             for name in REPO_MODULES:
                 sys.modules.pop(name, None)
+    from keep.store.serving_features import ensure_serving_tables
+
+    # The serving views' sources exist (empty) before the first model is registered, so a
+    # plain `feast materialize` over every online view works from the start.
+    ensure_serving_tables(settings)
     with contextlib.redirect_stdout(sys.stderr):  # Feast prints its diff; keep stdout clean
         apply_total_with_repo_instance(
             store, settings.feast.project, store.registry, repo, skip_source_validation=False

@@ -93,6 +93,24 @@ def read_sources(settings: Settings, ds: dt.date) -> ServingSources:
     )
 
 
+def ensure_serving_tables(settings: Settings) -> None:
+    """Create the serving-feature tables, empty, where they do not exist yet."""
+    from deltalake import write_deltalake
+
+    for entity in SERVING_ENTITIES:
+        spec = serving_features_spec(entity)
+        if delta.table_exists(settings, spec):
+            continue
+        path = delta.table_path(settings, spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_deltalake(
+            str(path),
+            spec.schema.empty_table(),
+            mode="append",
+            partition_by=list(spec.partition_by),
+        )
+
+
 def write_serving_features(
     settings: Settings,
     subsystem: str,
