@@ -1,7 +1,11 @@
 """Shared benchmark helpers: timed subprocesses with peak memory of the whole process tree.
 
-Peak RSS is sampled every 100 ms over the process and all its descendants (for Spark jobs
-that includes the JVM child), summed per sample; the figure reported is the largest sum.
+Peak memory is the proportional set size (PSS) of the process and all its descendants (for
+Spark jobs that includes the JVM child and Spark's forked Python workers), summed per
+sample every 200 ms; the figure reported is the largest sum. PSS charges a page shared by
+n processes 1/n to each, so pages shared between a parent and its forked children (Spark's
+Python workers, torch's DataLoader workers) are counted once, not once per process as a sum
+of resident set sizes would.
 """
 
 from __future__ import annotations
@@ -26,15 +30,16 @@ PYTHON = sys.executable
 @dataclass
 class Measured:
     wall_s: float
-    peak_rss_mb: float
+    peak_pss_mb: float
     output: str
 
 
-def tree_rss(proc: psutil.Process) -> int:
+def tree_pss(proc: psutil.Process) -> int:
+    """Proportional set size of ``proc`` and its descendants, in bytes (Linux smaps)."""
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
+            total += p.memory_full_info().pss
     return total
 
 
@@ -44,7 +49,7 @@ def run_measured(
     timeout: float = 3600,
     echo: Callable[[str], bool] | None = None,
 ) -> Measured:
-    """Run ``cmd``; return wall time and the peak RSS of its process tree.
+    """Run ``cmd``; return wall time and the peak PSS of its process tree.
 
     ``echo``: print the child's output lines for which it is true as they come (long runs
     show their progress); the output kept is then the last 200 lines.
@@ -62,10 +67,10 @@ def run_measured(
         ps = psutil.Process(proc.pid)
         while not stop.is_set():
             try:
-                peak = max(peak, tree_rss(ps))
+                peak = max(peak, tree_pss(ps))
             except psutil.Error:
                 return
-            time.sleep(0.1)
+            time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -85,7 +90,7 @@ def run_measured(
     sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
-    return Measured(wall_s=wall, peak_rss_mb=peak / 2**20, output=output)
+    return Measured(wall_s=wall, peak_pss_mb=peak / 2**20, output=output)
 
 
 def write_report(name: str, figures: dict[str, object]) -> Path:

@@ -471,7 +471,7 @@ def main() -> None:
         "repeats": args.repeats,
         "generate_s": round(gen.wall_s, 1),
         "measure_wall_s": round(run.wall_s, 1),
-        "measure_peak_rss_mb": round(run.peak_rss_mb),
+        "measure_peak_rss_mb": round(run.peak_pss_mb),
         **figures,
     }
     write_report("aggregate", figures)

@@ -242,13 +242,13 @@ def main() -> None:
         figures["sizes"].append(users)
         figures["rows"].append(rows)
         figures["rows_per_s"].append(round(rows / ran.wall_s))
-        figures["peak_rss_mb"].append(round(ran.peak_rss_mb))
+        figures["peak_rss_mb"].append(round(ran.peak_pss_mb))
         figures["export_s"].append(round(ran.wall_s, 1))
         figures["setup_s"].append(round(made.wall_s, 1))
         figures["batch_rows"].append(args.batch_rows)
         print(
             f"{users:>10,} users: {rows:,} vectors in {ran.wall_s:.1f} s "
-            f"({rows / ran.wall_s:,.0f} rows/s), peak RSS {ran.peak_rss_mb:.0f} MB "
+            f"({rows / ran.wall_s:,.0f} rows/s), peak RSS {ran.peak_pss_mb:.0f} MB "
             f"(set-up {made.wall_s:.1f} s; buckets {result['buckets']})",
             flush=True,
         )

@@ -277,7 +277,7 @@ def main() -> None:
                 results[mode] = (m, out)
                 print(
                     f"{rows:>9} {mode:8} {out['rows'] / out['wall_s']:>10.0f} rows/s  "
-                    f"{out['wall_s']:.1f} s  peak {m.peak_rss_mb:.0f} MB",
+                    f"{out['wall_s']:.1f} s  peak {m.peak_pss_mb:.0f} MB",
                     flush=True,
                 )
         finally:
@@ -287,7 +287,7 @@ def main() -> None:
         proj_m, proj = results["project"]
         report["sizes"].append(rows)
         report["project_rows_per_s"].append(round(proj["rows"] / proj["wall_s"], 1))
-        report["project_peak_rss_mb"].append(round(proj_m.peak_rss_mb, 1))
+        report["project_peak_rss_mb"].append(round(proj_m.peak_pss_mb, 1))
         report["project_wall_s"].append(round(proj["wall_s"], 2))
         if results["plain"] is None:
             for k in ("plain_rows_per_s", "plain_peak_rss_mb", "plain_wall_s", "speedup"):
@@ -296,7 +296,7 @@ def main() -> None:
         plain_m, plain = results["plain"]
         plain_rate = plain["rows"] / plain["wall_s"]
         report["plain_rows_per_s"].append(round(plain_rate, 1))
-        report["plain_peak_rss_mb"].append(round(plain_m.peak_rss_mb, 1))
+        report["plain_peak_rss_mb"].append(round(plain_m.peak_pss_mb, 1))
         report["plain_wall_s"].append(round(plain["wall_s"], 2))
         report["speedup"].append(round(proj["rows"] / proj["wall_s"] / plain_rate, 2))
     report["store"] = args.store  # type: ignore[assignment]

@@ -60,11 +60,11 @@ def main() -> None:
         figures["ingest_s"].append(round(ing.wall_s, 1))
         figures["generator_rows_per_s"].append(round(size / gen.wall_s))
         figures["ingest_rows_per_s"].append(round(size / ing.wall_s))
-        figures["peak_rss_mb"].append(round(ing.peak_rss_mb))
-        figures["generator_peak_rss_mb"].append(round(gen.peak_rss_mb))
+        figures["peak_rss_mb"].append(round(ing.peak_pss_mb))
+        figures["generator_peak_rss_mb"].append(round(gen.peak_pss_mb))
         print(
-            f"{size:>12,} rows: generate {gen.wall_s:.1f} s ({gen.peak_rss_mb:.0f} MB), "
-            f"ingest {ing.wall_s:.1f} s ({ing.peak_rss_mb:.0f} MB incl. JVM)",
+            f"{size:>12,} rows: generate {gen.wall_s:.1f} s ({gen.peak_pss_mb:.0f} MB), "
+            f"ingest {ing.wall_s:.1f} s ({ing.peak_pss_mb:.0f} MB incl. JVM)",
             flush=True,
         )
     write_report("ingest", figures)

@@ -121,10 +121,10 @@ def main() -> None:
         measured = run_measured([PYTHON, script, "--arm", name, *common])
         line = next(x for x in measured.output.splitlines() if x.startswith("RESULT "))
         result = json.loads(line[len("RESULT ") :])
-        result["peak_rss_mb"] = measured.peak_rss_mb
+        result["peak_rss_mb"] = measured.peak_pss_mb
         results[name] = result
         rate = result["samples"] / result["seconds"]
-        print(f"{name}: {rate:,.0f} samples/s, peak {measured.peak_rss_mb:,.0f} MB", flush=True)
+        print(f"{name}: {rate:,.0f} samples/s, peak {measured.peak_pss_mb:,.0f} MB", flush=True)
     e2e = results["e2e"]["samples"] / results["e2e"]["seconds"]
     compute = results["compute"]["samples"] / results["compute"]["seconds"]
     write_report(
