@@ -409,6 +409,13 @@ def task_states(settings: Settings, ds: dt.date, dag_id: str = DAG_ID) -> dict[s
     """``{task_id: state}`` of the DagRun of ``dag_id`` for logical day ``ds`` in the SQLite
     metadata DB of ``airflow dags test`` ({} when there is none), through Airflow's public
     CLI (``airflow tasks states-for-dag-run -o json``)."""
+    return {row["task_id"]: row["state"] or None for row in task_instances(settings, ds, dag_id)}
+
+
+def task_instances(settings: Settings, ds: dt.date, dag_id: str = DAG_ID) -> list[dict[str, str]]:
+    """The task instances of the DagRun of ``dag_id`` for logical day ``ds``, as Airflow's CLI
+    prints them (``task_id``, ``state``, ``start_date``, ``end_date`` in ISO 8601, ...);
+    [] when there is no such run."""
     logical = dt.datetime.combine(ds, dt.time(), tzinfo=dt.UTC).isoformat()
     try:
         result = run_airflow(
@@ -419,9 +426,9 @@ def task_states(settings: Settings, ds: dt.date, dag_id: str = DAG_ID) -> dict[s
         )
     except AirflowCommandError as exc:
         if "DagRunNotFound" in str(exc) or "not found" in str(exc):
-            return {}
+            return []
         raise
-    return {row["task_id"]: row["state"] or None for row in _json_list(result.stdout)}
+    return _json_list(result.stdout)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
