@@ -47,15 +47,42 @@ _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 YAML_FOR_STORE = {"sqlite": "feature_store.yaml", "redis": "feature_store.redis.yaml"}
 
 
-def import_feast(attempts: int = 3) -> None:
-    """Import ``feast`` once per process, robustly.
+@contextlib.contextmanager
+def _typeguard_off() -> Iterator[None]:
+    """Within: typeguard's ``@typechecked`` returns what it decorates unchanged, as it does
+    when Python runs optimised (``-O``), typeguard's documented production mode."""
+    try:
+        import typeguard
+    except ImportError:  # pragma: no cover - feast depends on it
+        yield
+        return
+    original = typeguard.typechecked
 
-    Feast decorates classes with typeguard's ``@typechecked``, which re-parses their modules'
-    source with ``ast.parse`` at import time. On CPython 3.11 (before 3.11.8) that parse can
-    fail with ``SystemError: AST constructor recursion depth mismatch`` when the process
-    already runs other threads and finalizers (here: the Spark gateway, GX and torch of the
-    earlier steps of an Airflow task process; CPython issue gh-106905). The import is then
-    retried from scratch, with the garbage collector paused during it.
+    def passthrough(target: Any = None, **_: Any) -> Any:
+        return target if target is not None else (lambda t: t)
+
+    typeguard.typechecked = passthrough  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        typeguard.typechecked = original
+
+
+def import_feast(attempts: int = 3) -> None:
+    """Import ``feast`` once per process, quickly and robustly.
+
+    Feast decorates ~20 classes with typeguard's ``@typechecked``, which re-parses and
+    recompiles the source of ~240 functions at import time: 10-20 s in every process that
+    imports Feast (each publication, each serving worker, each test process), for run-time
+    type checks of Feast's own arguments, which typeguard documents as a development aid
+    (a no-op under ``python -O``). Feast is imported with that instrumentation off; Feast's
+    own validation of its objects is unchanged.
+
+    That parse is also what can fail on CPython 3.11 (before 3.11.8) with ``SystemError: AST
+    constructor recursion depth mismatch`` when the process already runs other threads and
+    finalizers (the Spark gateway, GX and torch of an Airflow task process; CPython issue
+    gh-106905). Should it happen anyway, the import is retried from scratch, with the
+    garbage collector paused during it.
     """
     if "feast.feature_store" in sys.modules:
         return
@@ -63,7 +90,8 @@ def import_feast(attempts: int = 3) -> None:
         enabled = gc.isenabled()
         gc.disable()
         try:
-            import feast.feature_store  # noqa: F401
+            with _typeguard_off():
+                import feast.feature_store  # noqa: F401
 
             return
         except SystemError as exc:
