@@ -51,11 +51,8 @@ YAML_FOR_STORE = {"sqlite": "feature_store.yaml", "redis": "feature_store.redis.
 def _typeguard_off() -> Iterator[None]:
     """Within: typeguard's ``@typechecked`` returns what it decorates unchanged, as it does
     when Python runs optimised (``-O``), typeguard's documented production mode."""
-    try:
-        import typeguard
-    except ImportError:  # pragma: no cover - feast depends on it
-        yield
-        return
+    import typeguard  # a dependency of feast
+
     original = typeguard.typechecked
 
     def passthrough(target: Any = None, **_: Any) -> Any:
