@@ -79,6 +79,11 @@ class ValidationSettings(BaseModel):
     max_quarantine_rate: float = 0.10
     # Great Expectations project folder (Data Docs HTML lives under it).
     ge_root: Path = Path("var/great_expectations")
+    # A lake gate collects a table's day of at most this many rows to pandas (Arrow, one
+    # Spark job) and validates it with GX's pandas engine; larger days stay in Spark (GX's
+    # Spark engine, bounded memory). 2 M rows of the widest gated frame (the pretrain
+    # samples' 18 columns) take about 0.6 GB in pandas. 0: always Spark.
+    pandas_max_rows: int = 2_000_000
 
 
 class ScenarioSpec(BaseModel):
