@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -328,15 +327,19 @@ def ensure_checkpoint(
     return _stored_if_current(context, wanted) or context.checkpoints.add_or_update(wanted)
 
 
-def update_data_docs(context: Any, results: Iterable[Any]) -> None:
-    """Build the Data Docs pages of checkpoint ``results`` -- each validation's page and its
-    suite's, the pages ``UpdateDataDocsAction`` builds -- and the site's index, once for all
-    of them (the action rebuilds the index and re-renders every template once per
-    checkpoint)."""
+def data_docs_pages(result: Any) -> list[Any]:
+    """The Data Docs pages of a checkpoint result that ``UpdateDataDocsAction`` builds:
+    each validation's page and its suite's (identifiers only, not the result's data)."""
     pages: list[Any] = []
-    for result in results:
-        for identifier, suite_result in result.run_results.items():
-            pages += [identifier, ExpectationSuiteIdentifier(name=suite_result.suite_name)]
+    for identifier, suite_result in result.run_results.items():
+        pages += [identifier, ExpectationSuiteIdentifier(name=suite_result.suite_name)]
+    return pages
+
+
+def update_data_docs(context: Any, pages: list[Any]) -> None:
+    """Build Data Docs ``pages`` (:func:`data_docs_pages` of several checkpoints) and the
+    site's index, in one build: ``UpdateDataDocsAction`` rebuilds the index, and compiles
+    every template again, once per checkpoint."""
     if pages:
         context.build_data_docs(site_names=[DOCS_SITE], resource_identifiers=pages)
 

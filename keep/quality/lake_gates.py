@@ -113,6 +113,7 @@ from keep.quality.ge import (
     GateReport,
     batch_definition,
     data_docs_index,
+    data_docs_pages,
     ensure_checkpoint,
     get_context,
     param,
@@ -635,7 +636,7 @@ def _run_gate(
     run_id = run_identifier(f"{gate}_gate_{ds.isoformat()}")
     checks: list[CheckResult] = []
     rows: dict[str, int] = {}
-    results: list[Any] = []
+    pages: list[Any] = []  # of Data Docs
     for table in tables:
         files = delta.partition_files(settings, table.spec, ds)
         stored = lake.read_files(spark, settings, table.spec, ds, files)
@@ -668,10 +669,10 @@ def _run_gate(
             rows[table.spec.name],
             engine,
         )
-        results.append(result)
+        pages += data_docs_pages(result)
         for suite_result in result.run_results.values():
             checks += suite_checks(table.spec.name, suite_result)
-    update_data_docs(context, results)
+    update_data_docs(context, pages)
     return checks, rows, data_docs_index(context)
 
 
