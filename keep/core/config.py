@@ -79,6 +79,13 @@ class ValidationSettings(BaseModel):
     max_quarantine_rate: float = 0.10
     # Great Expectations project folder (Data Docs HTML lives under it).
     ge_root: Path = Path("var/great_expectations")
+    # A lake gate collects a table's day of at most this many rows to pandas (Arrow, one
+    # Spark job) and validates it with GX's pandas engine; larger days stay in Spark (GX's
+    # Spark engine on a cached frame: bounded memory, a query or two per expectation).
+    # The widest gated frame (gold.pretrain_samples, 17 columns) holds 0.4 KB a row in
+    # pandas and the gate's process peaks about 0.9 KB a row above its base: 0.9 GB at a
+    # 1 M-impression day, 1.3 GB at this limit. 0: always Spark.
+    pandas_max_rows: int = 1_500_000
 
 
 class ScenarioSpec(BaseModel):

@@ -8,7 +8,9 @@ JVM-free reader alike (training, export, gates, the Feast offline store).
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 
@@ -41,3 +43,41 @@ def partition_rows(settings: Settings, spec: TableSpec, ds: dt.date) -> int:
         )
         if part == day
     )
+
+
+@dataclass(frozen=True)
+class PartitionFiles:
+    """The data files of one partition at the table's latest version, from the Delta log."""
+
+    paths: list[Path]
+    rows: int  # from the files' statistics
+    # Reader protocol 1 (no deletion vectors, no column mapping): the files' rows are the
+    # partition's rows, so any Parquet reader reads the partition exactly as Delta would.
+    plain_parquet: bool
+
+
+def partition_files(settings: Settings, spec: TableSpec, ds: dt.date) -> PartitionFiles:
+    """Files and row count of partition ``ds`` (one read of the log, no JVM, no scan)."""
+    from deltalake import DeltaTable
+
+    if not table_exists(settings, spec):
+        return PartitionFiles([], 0, plain_parquet=True)
+    root = table_path(settings, spec)
+    table = DeltaTable(str(root))
+    actions = pa.table(table.get_add_actions(flatten=True))
+    day = ds.isoformat()
+    paths: list[Path] = []
+    rows = 0
+    for path, n, part in zip(
+        actions.column("path").to_pylist(),
+        actions.column("num_records").to_pylist(),
+        actions.column("partition.ds").to_pylist(),
+        strict=True,
+    ):
+        if part == day:
+            # Relative URIs (percent-encoded) under the table, or absolute ones.
+            paths.append(
+                Path(unquote(urlparse(path).path)) if "://" in path else root / unquote(path)
+            )
+            rows += int(n)
+    return PartitionFiles(paths, rows, plain_parquet=table.protocol().min_reader_version == 1)

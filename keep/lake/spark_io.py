@@ -16,7 +16,7 @@ from pyspark.sql.window import Window
 
 from keep.core.config import Settings
 from keep.core.tables import TableSpec
-from keep.lake.delta import table_exists, table_path
+from keep.lake.delta import PartitionFiles, table_exists, table_path
 
 
 def spark_type(dtype: pa.DataType) -> T.DataType:
@@ -62,6 +62,25 @@ def read_partition(
     spark: SparkSession, settings: Settings, spec: TableSpec, ds: dt.date
 ) -> DataFrame:
     return read_table(spark, settings, spec).where(F.col("ds") == ds.isoformat())
+
+
+def read_files(
+    spark: SparkSession, settings: Settings, spec: TableSpec, ds: dt.date, files: PartitionFiles
+) -> DataFrame:
+    """Partition ``ds`` read as the Parquet files the Delta log lists for it
+    (:func:`keep.lake.delta.partition_files`): one Spark job, where Delta's own read first
+    computes the table's snapshot and lists its files with Spark jobs (four in a fresh
+    session). Tables whose files are not plain Parquet (deletion vectors, column mapping)
+    are read through Delta."""
+    if not files.plain_parquet:
+        return read_partition(spark, settings, spec, ds)
+    if not files.paths:
+        return spark.createDataFrame([], spark_schema(spec))
+    return (
+        spark.read.schema(spark_schema(spec))
+        .option("basePath", str(table_path(settings, spec)))
+        .parquet(*[str(p) for p in files.paths])
+    )
 
 
 def read_days(

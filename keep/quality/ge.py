@@ -1,14 +1,17 @@
 """The one Great Expectations helper of the platform's gates (GX 1.x API).
 
-Every gate -- ingest, state and samples over Spark frames (``keep.quality.lake_gates``),
-knowledge over pandas frames read with delta-rs (``keep.quality.knowledge_gate``) -- uses:
+Every gate -- ingest, state and samples over the lake's Spark frames, collected to pandas
+when the day is small enough (``keep.quality.lake_gates``), knowledge over pandas frames
+read with delta-rs (``keep.quality.knowledge_gate``) -- uses:
 
 * :func:`get_context`: one File Data Context at ``settings.validation.ge_root``;
 * :func:`batch_definition`: a data source (Spark or pandas), a DataFrame asset and its
   whole-frame batch definition, got or added;
-* :func:`ensure_checkpoint`: a checkpoint per table with Data Docs, written only when the
-  code's suite or actions differ from the stored ones;
-* :func:`suite_checks`: GX results -> :class:`CheckResult` lines of a :class:`GateReport`.
+* :func:`ensure_checkpoint`: a checkpoint per table, updating Data Docs itself or leaving
+  that to :func:`update_data_docs` (one build for all of a gate's checkpoints), written
+  only when the code's suite or actions differ from the stored ones;
+* :func:`suite_checks`: GX results -> :class:`CheckResult` lines of a :class:`GateReport`,
+  the same text whichever engine ran (:func:`_examples`).
 """
 
 from __future__ import annotations
@@ -21,15 +24,22 @@ from typing import Any, Self, TypeVar
 from urllib.parse import unquote, urlparse
 
 import great_expectations as gx
-from great_expectations.checkpoint import UpdateDataDocsAction
+import numpy as np
+from great_expectations.checkpoint import UpdateDataDocsAction, ValidationAction
 from great_expectations.core.run_identifier import RunIdentifier
 from great_expectations.data_context.types.base import ProgressBarsConfig
+from great_expectations.data_context.types.resource_identifiers import (
+    ExpectationSuiteIdentifier,
+)
 from great_expectations.exceptions import DataContextError
 
 from keep.core.config import Settings
 
 DATA_SOURCE = "keep_lake"
 BATCH_DEFINITION = "day"
+# The execution engines a data source can use (GX runs the same suite on either).
+SPARK = "spark"
+PANDAS = "pandas"
 DOCS_SITE = "local_site"
 # BASIC: counts and a few unexpected values per expectation (the summary's examples).
 RESULT_FORMAT: dict[str, Any] = {"result_format": "BASIC", "partial_unexpected_count": 5}
@@ -136,9 +146,16 @@ class GateReport:
 
 
 def _examples(values: list[Any]) -> str:
+    """The unexpected values as the same text whichever engine found them. Times are shown
+    in UTC without an offset: Spark collects them as naive datetimes in the process's local
+    time, pandas as UTC Timestamps; numpy scalars (pandas) are shown as Python ones (Spark)."""
+
     def show(v: Any) -> Any:
         if isinstance(v, dt.datetime):
-            return v.isoformat(sep=" ")
+            # astimezone reads a naive datetime as local time.
+            return v.astimezone(dt.UTC).replace(tzinfo=None).isoformat(sep=" ")
+        if isinstance(v, np.generic):
+            return v.item()
         if isinstance(v, (tuple, list)):
             return tuple(show(x) for x in v)
         return v
@@ -224,14 +241,14 @@ def batch_definition(
     *,
     source_name: str = DATA_SOURCE,
     batch_name: str = BATCH_DEFINITION,
-    engine: str = "spark",
+    engine: str = SPARK,
 ) -> Any:
     """Get-or-add the data source (``engine``: spark or pandas), the asset and its
     whole-frame batch definition."""
     try:
         source = context.data_sources.get(source_name)
     except KeyError:
-        if engine == "pandas":
+        if engine == PANDAS:
             source = context.data_sources.add_pandas(name=source_name)
         else:
             # persist=False: we cache the day's frames ourselves and release them afterwards
@@ -288,19 +305,43 @@ def _stored_if_current(context: Any, wanted: gx.Checkpoint) -> gx.Checkpoint | N
     return stored
 
 
-def ensure_checkpoint(context: Any, name: str, suite: gx.ExpectationSuite, data: Any) -> Any:
+def ensure_checkpoint(
+    context: Any, name: str, suite: gx.ExpectationSuite, data: Any, *, data_docs: bool = True
+) -> Any:
     """The checkpoint ``name`` validating ``data`` (a batch definition) against ``suite``,
-    with Data Docs; added or updated only when the stored one differs from the code, so
-    steady-state runs (and concurrent runs of different days) only read the configuration."""
+    updating Data Docs unless ``data_docs`` is false (its caller then builds them with
+    :func:`update_data_docs`); added or updated only when the stored one differs from the
+    code, so steady-state runs (and concurrent runs of different days) only read the
+    configuration."""
     definition = gx.ValidationDefinition(name=name, data=data, suite=suite)
+    actions: list[ValidationAction] = [
+        UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])
+    ]
     wanted = gx.Checkpoint(
         name=name,
         validation_definitions=[definition],
-        actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])],
+        actions=actions if data_docs else [],
         result_format=RESULT_FORMAT,
     )
     # add_or_update cascades: it adds or updates the suite and the definition too.
     return _stored_if_current(context, wanted) or context.checkpoints.add_or_update(wanted)
+
+
+def data_docs_pages(result: Any) -> list[Any]:
+    """The Data Docs pages of a checkpoint result that ``UpdateDataDocsAction`` builds:
+    each validation's page and its suite's (identifiers only, not the result's data)."""
+    pages: list[Any] = []
+    for identifier, suite_result in result.run_results.items():
+        pages += [identifier, ExpectationSuiteIdentifier(name=suite_result.suite_name)]
+    return pages
+
+
+def update_data_docs(context: Any, pages: list[Any]) -> None:
+    """Build Data Docs ``pages`` (:func:`data_docs_pages` of several checkpoints) and the
+    site's index, in one build: ``UpdateDataDocsAction`` rebuilds the index, and compiles
+    every template again, once per checkpoint."""
+    if pages:
+        context.build_data_docs(site_names=[DOCS_SITE], resource_identifiers=pages)
 
 
 def data_docs_index(context: Any) -> Path | None:

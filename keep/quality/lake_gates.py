@@ -20,17 +20,30 @@ report into :class:`keep.core.errors.GateFailed`):
 Arrays have no expectations in GX: columns derived in Spark stand in for them (``seq_len_actual``
 = the sequence's size, ``time_ordered`` = its event times are non-decreasing,
 ``max_event_time`` = its latest event time...), computed in the one ``select`` that reads the
-day's partition; the frame is cached once per table while its checkpoint runs.
-One check GX cannot express, because it spans two tables (``gold.downstream_samples`` has
-no more rows than ``gold.pretrain_samples``), is computed in Spark and added to the report
-as a ``custom_*`` check; it does not appear in Data Docs.
+day's partition. One check GX cannot express, because it spans two tables
+(``gold.downstream_samples`` has no more rows than ``gold.pretrain_samples``), is computed
+from the Delta log's row counts and added to the report as a ``custom_*`` check; it does not
+appear in Data Docs.
+
+One pass per table. GX's Spark engine turns every expectation into queries of its own (the
+unexpected count, a few unexpected values, a window per uniqueness check): 60-120 Spark
+jobs and thousands of JVM calls per gate, even on a cached frame. So a table's day of at
+most ``validation.pandas_max_rows`` rows (its files and row count read from the Delta log
+with delta-rs: no JVM, no job) is read once -- the ``select`` above over those Parquet
+files, collected through Arrow: one Spark job, where reading through Delta would first
+spend four on the table's snapshot in a fresh session -- and validated by GX's pandas
+engine in memory. A larger day (days of 5-20 M impressions) is cached in Spark (memory and disk)
+and validated by GX's Spark engine, in bounded driver memory. Both engines run the same
+suites with the same parameters and give the same checks, failing examples included
+(``tests/keep/quality``).
 
 Great Expectations (1.x API) objects, all kept in a File Data Context rooted at
 ``settings.validation.ge_root`` and re-created idempotently on every call:
 
-* one Spark data source ``keep_lake`` over in-memory DataFrames: one DataFrame asset and one
+* two data sources over in-memory frames, with the same assets: ``keep_lake`` (Spark
+  DataFrames) and ``keep_lake_pandas`` (pandas ones): one DataFrame asset and one
   whole-frame batch definition per table; the frame is the day's partition, read with
-  :func:`keep.lake.spark_io.read_partition` and passed at run time;
+  :func:`keep.lake.spark_io.read_files`, and passed at run time;
 * one expectation suite per table, named after it (``bronze_impressions``, ``dim_users``,
   ``silver_user_stats``, ``gold_pretrain_samples``...), defined in code below. Everything
   that depends on the day or on the settings (event-time window, known scenarios, maximum
@@ -39,10 +52,13 @@ Great Expectations (1.x API) objects, all kept in a File Data Context rooted at
   day to day and concurrent runs of different days never rewrite them with different
   content. Only the counter windows (``aggregate.windows``) shape the silver and gold
   suites, since they name the columns;
-* one validation definition and one checkpoint per table (``<gate>_gate_<suite>``, e.g.
-  ``ingest_gate_dim_users``, ``state_gate_silver_user_stats``): a checkpoint passes one set
-  of batch parameters (one DataFrame) to all its definitions, so each table needs its own.
-  Each checkpoint updates the Data Docs site, whose index
+* one validation definition and one checkpoint per table and engine (``<gate>_gate_<suite>``
+  on Spark, ``<gate>_gate_<suite>_pandas`` on pandas, e.g. ``ingest_gate_dim_users``,
+  ``state_gate_silver_user_stats_pandas``): a checkpoint passes one set of batch parameters
+  (one DataFrame) to all its definitions, so each table needs its own. The checkpoints
+  carry no action: once all its tables are validated, the gate updates the Data Docs site
+  with the pages ``UpdateDataDocsAction`` would (each validation's, each suite's, the index),
+  in one build instead of one per checkpoint. The index
   (``<ge_root>/gx/uncommitted/data_docs/local_site/index.html``) is returned in the report.
   Runs are named after the gate and the day (``state_gate_2026-01-03``), so Data Docs list
   them by ``ds``.
@@ -57,10 +73,11 @@ from dataclasses import dataclass
 from functools import partial
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
+import pandas as pd
 from great_expectations.expectations.row_conditions import Column as RowColumn
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -85,18 +102,24 @@ from keep.core.tables import (
     stats_spec,
 )
 from keep.core.time import end_of_day
+from keep.lake import delta
 from keep.lake import spark_io as lake
 from keep.quality.ge import (
+    DATA_SOURCE,
     INGEST,
+    PANDAS,
+    SPARK,
     CheckResult,
     GateReport,
     batch_definition,
     data_docs_index,
+    data_docs_pages,
     ensure_checkpoint,
     get_context,
     param,
     run_identifier,
     suite_checks,
+    update_data_docs,
 )
 
 log = logging.getLogger(__name__)
@@ -108,8 +131,10 @@ STATE = "state"
 SAMPLES = "samples"
 # Funnel pairs (A, B) of counters: A >= B in every window.
 FUNNEL = (("impressions", "clicks"), ("clicks", "carts"), ("clicks", "purchases"))
-# The one check spanning two tables, computed in Spark (not a GX expectation).
+# The one check spanning two tables, computed from the Delta log (not a GX expectation).
 CUSTOM_ROW_COUNT = "custom_row_count_at_most_pretrain"
+# The pandas engine's data source (the Spark one is ge.DATA_SOURCE): same assets, same suites.
+PANDAS_SOURCE = "keep_lake_pandas"
 
 
 # --------------------------------------------------------------------------------------
@@ -184,45 +209,48 @@ def audit_expectations() -> list[gxe.Expectation]:
 # --------------------------------------------------------------------------------------
 
 
-def audit_frame(spark: SparkSession, settings: Settings, ds: dt.date) -> DataFrame:
-    """Day ``ds`` of bronze.ingest_audit with the derived ``balance_gap`` column."""
+def audit_frame(day: DataFrame, settings: Settings) -> DataFrame:
+    """A day of bronze.ingest_audit with the derived ``balance_gap`` column."""
     accounted = (
         F.col("rows_stored")
         + F.col("rows_quarantined")
         + F.col("duplicates_within_day")
         + F.col("duplicates_earlier_days")
     )
-    return lake.read_partition(spark, settings, INGEST_AUDIT, ds).withColumn(
-        "balance_gap", F.col("rows_in") - accounted
-    )
+    return day.withColumn("balance_gap", F.col("rows_in") - accounted)
 
 
-def _partition(spec: TableSpec) -> Callable[[SparkSession, Settings, dt.date], DataFrame]:
-    def read(spark: SparkSession, settings: Settings, ds: dt.date) -> DataFrame:
-        return lake.read_partition(spark, settings, spec, ds)
-
-    return read
+def whole_day(day: DataFrame, settings: Settings) -> DataFrame:
+    """A day of a table gated as it is stored."""
+    return day
 
 
 @dataclass(frozen=True)
 class TableGate:
-    """One gated table: its suite, how to read its day, and the gate it belongs to."""
+    """One gated table: its suite, the frame it validates (a transform of the table's day
+    partition: the gated columns and the derived ones), and the gate it belongs to."""
 
     spec: TableSpec
     suite: str
     expectations: Callable[[], list[gxe.Expectation]]
-    frame: Callable[[SparkSession, Settings, dt.date], DataFrame]
+    frame: Callable[[DataFrame, Settings], DataFrame]
     gate: str = INGEST
 
     @property
     def checkpoint(self) -> str:
-        return f"{self.gate}_gate_{self.suite}"
+        """The checkpoint validating the table with GX's Spark engine."""
+        return self.checkpoint_for(SPARK)
+
+    def checkpoint_for(self, engine: str) -> str:
+        """``<gate>_gate_<suite>`` (Spark engine) or ``<gate>_gate_<suite>_pandas``."""
+        name = f"{self.gate}_gate_{self.suite}"
+        return name if engine == SPARK else f"{name}_{engine}"
 
 
 GATES: tuple[TableGate, ...] = (
-    TableGate(IMPRESSIONS, "bronze_impressions", impressions_expectations, _partition(IMPRESSIONS)),
-    TableGate(DIM_USERS, "dim_users", users_expectations, _partition(DIM_USERS)),
-    TableGate(DIM_ITEMS, "dim_items", items_expectations, _partition(DIM_ITEMS)),
+    TableGate(IMPRESSIONS, "bronze_impressions", impressions_expectations, whole_day),
+    TableGate(DIM_USERS, "dim_users", users_expectations, whole_day),
+    TableGate(DIM_ITEMS, "dim_items", items_expectations, whole_day),
     TableGate(INGEST_AUDIT, "bronze_ingest_audit", audit_expectations, audit_frame),
 )
 
@@ -254,8 +282,10 @@ def expectation_parameters(settings: Settings, ds: dt.date) -> dict[str, Any]:
 
 
 def _event_times(behaviors: str = "behaviors") -> Column:
-    """The event times of an array of BEHAVIOR structs, in array order."""
-    return F.transform(behaviors, lambda b: b["event_time"])
+    """The event times of an array of BEHAVIOR structs, in array order. A field of the
+    array, not a ``transform``: Spark then reads only that field of the Parquet column (the
+    samples' sequences are most of their bytes)."""
+    return F.col(behaviors)["event_time"]
 
 
 def _suite_name(spec: TableSpec) -> str:
@@ -296,10 +326,10 @@ def user_behavior_expectations() -> list[gxe.Expectation]:
     ]
 
 
-def user_behavior_frame(spark: SparkSession, settings: Settings, ds: dt.date) -> DataFrame:
-    """Day ``ds`` of silver.user_behavior: scalar columns and the sequences' derived columns."""
+def user_behavior_frame(day: DataFrame, settings: Settings) -> DataFrame:
+    """A day of silver.user_behavior: scalar columns and the sequences' derived columns."""
     times = _event_times()
-    return lake.read_partition(spark, settings, USER_BEHAVIOR, ds).select(
+    return day.select(
         "user_id",
         "seq_len",
         "event_timestamp",
@@ -312,15 +342,18 @@ def user_behavior_frame(spark: SparkSession, settings: Settings, ds: dt.date) ->
 
 # Counter invariants are checked on derived columns: one column per kind of invariant,
 # holding the names of the rows' violated relations ("clicks_1d > clicks_7d") or null.
-# Four expectations instead of one per column pair keep the gate cheap (each GX
-# expectation costs hundreds of Spark calls), and a failure still names the relation.
+# Four expectations instead of one per column pair keep the gate cheap (on GX's Spark
+# engine each expectation costs hundreds of JVM calls and a query or two; in pandas, a few
+# narrow columns instead of dozens), and a failure still names the relation.
 COUNTER_CHECKS = ("negative_counters", "windows_not_nested", "funnel_violations")
 
 
-def _violations(named: list[tuple[str, Column]]) -> Column:
-    """The names of the conditions that hold, joined by ", "; null when none does."""
-    names = F.array_compact(F.array(*[F.when(cond, F.lit(name)) for name, cond in named]))
-    return F.when(F.size(names) > 0, F.array_join(names, ", "))
+def _violations(conditions: list[str]) -> Column:
+    """The conditions (Spark SQL that names itself: ``clicks_1d > clicks_7d``) that hold,
+    joined by ", "; null when none does. One SQL expression per column: built with the
+    Column API, the hundred-odd conditions of a table cost a JVM call per node."""
+    cases = ", ".join(f"CASE WHEN {c} THEN '{c}' END" for c in conditions)
+    return F.expr(f"nullif(concat_ws(', ', {cases}), '')")
 
 
 def counter_checks(windows: Sequence[int], prefix: str = "") -> dict[str, Column]:
@@ -330,18 +363,10 @@ def counter_checks(windows: Sequence[int], prefix: str = "") -> dict[str, Column
     def col(counter: str, w: int) -> str:
         return f"{prefix}{counter}_{w}d"
 
-    negative = [(f"{col(c, w)} < 0", F.col(col(c, w)) < 0) for w in windows for c in COUNTERS]
+    negative = [f"{col(c, w)} < 0" for w in windows for c in COUNTERS]
     # Nested windows: a window never counts more than the next longer one.
-    nested = [
-        (f"{col(c, a)} > {col(c, b)}", F.col(col(c, a)) > F.col(col(c, b)))
-        for a, b in pairwise(windows)
-        for c in COUNTERS
-    ]
-    funnel = [
-        (f"{col(b, w)} > {col(a, w)}", F.col(col(b, w)) > F.col(col(a, w)))
-        for w in windows
-        for a, b in FUNNEL
-    ]
+    nested = [f"{col(c, a)} > {col(c, b)}" for a, b in pairwise(windows) for c in COUNTERS]
+    funnel = [f"{col(b, w)} > {col(a, w)}" for w in windows for a, b in FUNNEL]
     return {
         "negative_counters": _violations(negative),
         "windows_not_nested": _violations(nested),
@@ -377,15 +402,12 @@ def stats_expectations(entity: str, windows: Sequence[int]) -> list[gxe.Expectat
     return expectations
 
 
-def stats_frame(
-    entity: str, windows: Sequence[int]
-) -> Callable[[SparkSession, Settings, dt.date], DataFrame]:
-    """Day ``ds`` of silver.<entity>_stats: keys, event_timestamp and the derived checks."""
-    spec = stats_spec(entity, list(windows))
+def stats_frame(entity: str, windows: Sequence[int]) -> Callable[[DataFrame, Settings], DataFrame]:
+    """A day of silver.<entity>_stats: keys, event_timestamp and the derived checks."""
 
-    def read(spark: SparkSession, settings: Settings, ds: dt.date) -> DataFrame:
+    def derive(day: DataFrame, settings: Settings) -> DataFrame:
         rates = [F.col(f"ctr_{w}d") for w in sorted(set(windows))]
-        return lake.read_partition(spark, settings, spec, ds).select(
+        return day.select(
             *ENTITIES[entity],
             "event_timestamp",
             *[c.alias(name) for name, c in counter_checks(windows).items()],
@@ -393,7 +415,7 @@ def stats_frame(
             (F.greatest(*rates) if len(rates) > 1 else rates[0]).alias("max_rate"),
         )
 
-    return read
+    return derive
 
 
 def state_gates(settings: Settings) -> tuple[TableGate, ...]:
@@ -465,10 +487,9 @@ def pretrain_expectations(windows: Sequence[int]) -> list[gxe.Expectation]:
     ]
 
 
-def pretrain_frame(spark: SparkSession, settings: Settings, ds: dt.date) -> DataFrame:
-    """Day ``ds`` of gold.pretrain_samples: the gated columns and ``max_event_time``."""
-    pretrain, _ = sample_specs(settings.aggregate.windows)
-    return lake.read_partition(spark, settings, pretrain, ds).select(
+def pretrain_frame(day: DataFrame, settings: Settings) -> DataFrame:
+    """A day of gold.pretrain_samples: the gated columns and ``max_event_time``."""
+    return day.select(
         "impression_id",
         *LABELS,
         "weight",
@@ -492,10 +513,9 @@ def downstream_expectations() -> list[gxe.Expectation]:
     ]
 
 
-def downstream_frame(spark: SparkSession, settings: Settings, ds: dt.date) -> DataFrame:
-    """Day ``ds`` of gold.downstream_samples: the gated columns."""
-    _, downstream = sample_specs(settings.aggregate.windows)
-    return lake.read_partition(spark, settings, downstream, ds).select("impression_id", "scenario")
+def downstream_frame(day: DataFrame, settings: Settings) -> DataFrame:
+    """A day of gold.downstream_samples: the gated columns."""
+    return day.select("impression_id", "scenario")
 
 
 def samples_gates(settings: Settings) -> tuple[TableGate, ...]:
@@ -544,16 +564,21 @@ def row_count_check(rows: dict[str, int]) -> CheckResult:
     )
 
 
+def ensure_checkpoint_for(context: Any, gate: TableGate, engine: str = SPARK) -> gx.Checkpoint:
+    """The checkpoint validating ``gate``'s table with ``engine`` (Spark or pandas): the same
+    suite, a batch definition of that engine's data source."""
+    source = DATA_SOURCE if engine == SPARK else PANDAS_SOURCE
+    data = batch_definition(context, gate.suite, source_name=source, engine=engine)
+    suite = gx.ExpectationSuite(name=gate.suite, expectations=gate.expectations())
+    return ensure_checkpoint(context, gate.checkpoint_for(engine), suite, data, data_docs=False)
+
+
 def ensure_checkpoints(
-    context: Any, gates: Sequence[TableGate] = GATES
+    context: Any, gates: Sequence[TableGate] = GATES, engine: str = SPARK
 ) -> dict[str, gx.Checkpoint]:
-    """The checkpoint of every table of a gate (the ingest gate by default), by suite name."""
-    return {
-        gate.suite: ensure_checkpoint(
-            context, gate.checkpoint, suite, batch_definition(context, gate.suite)
-        )
-        for gate, suite in zip(gates, suites(gates).values(), strict=True)
-    }
+    """The ``engine`` checkpoint of every table of a gate (the ingest gate by default), by
+    suite name."""
+    return {gate.suite: ensure_checkpoint_for(context, gate, engine) for gate in gates}
 
 
 # --------------------------------------------------------------------------------------
@@ -561,9 +586,30 @@ def ensure_checkpoints(
 # --------------------------------------------------------------------------------------
 
 
-def _impressions_quarantine_rate(audit: DataFrame) -> float:
-    row = audit.where(F.col("source") == "impressions").select("quarantine_rate").first()
-    return float(row[0]) if row is not None and row[0] is not None else float("nan")
+def engine_for(settings: Settings, rows: int) -> str:
+    """The engine a table's day of ``rows`` rows is validated with: pandas up to
+    ``validation.pandas_max_rows`` rows (0: never), Spark above."""
+    limit = settings.validation.pandas_max_rows
+    return PANDAS if limit > 0 and rows <= limit else SPARK
+
+
+def collect_to_pandas(frame: DataFrame) -> pd.DataFrame:
+    """``frame`` in pandas through Arrow, in one Spark job; times stay UTC instants."""
+    return frame.toArrow().to_pandas(self_destruct=True, split_blocks=True)
+
+
+# A table's day as validated: collected to pandas, or a cached Spark frame.
+DayFrame: TypeAlias = DataFrame | pd.DataFrame
+
+
+def _impressions_quarantine_rate(audit: DayFrame) -> float:
+    if isinstance(audit, pd.DataFrame):
+        rates = audit.loc[audit["source"] == "impressions", "quarantine_rate"]
+        value = rates.iloc[0] if len(rates) else None
+    else:
+        row = audit.where(F.col("source") == "impressions").select("quarantine_rate").first()
+        value = None if row is None else row[0]
+    return float("nan") if value is None or pd.isna(value) else float(value)
 
 
 def _run_gate(
@@ -573,32 +619,61 @@ def _run_gate(
     gate: str,
     tables: Sequence[TableGate],
     params: dict[str, Any],
-    inspect: Callable[[TableGate, DataFrame], None] | None = None,
-) -> tuple[list[CheckResult], Path | None]:
-    """Run every table's checkpoint on its day-``ds`` frame; the checks and the Data Docs index.
+    inspect: Callable[[TableGate, DayFrame], None] | None = None,
+) -> tuple[list[CheckResult], dict[str, int], Path | None]:
+    """Run every table's checkpoint on its day-``ds`` frame; the checks, each table's row
+    count (from the Delta log) and the Data Docs index.
 
-    Each frame is cached once, while ``inspect`` (optional: reads figures off the frame for
-    the report) and its checkpoint's expectations run, then released.
+    The Delta log (delta-rs, no JVM) gives the day's files and rows. A day of at most
+    ``validation.pandas_max_rows`` rows is read once from those files -- the table's frame
+    with its derived columns, collected through Arrow: one Spark job -- and validated by
+    GX's pandas engine; a larger one is cached in Spark while GX's Spark engine validates
+    it. Either way ``inspect`` (optional: reads figures off the frame for the report) sees
+    the frame before its checkpoint runs, and the frame is released before the next
+    table's. Data Docs are built once, after the last table.
     """
     context = get_context(settings)
-    checkpoints = ensure_checkpoints(context, tables)
     run_id = run_identifier(f"{gate}_gate_{ds.isoformat()}")
     checks: list[CheckResult] = []
+    rows: dict[str, int] = {}
+    pages: list[Any] = []  # of Data Docs
     for table in tables:
-        frame = table.frame(spark, settings, ds).persist(StorageLevel.MEMORY_AND_DISK)
+        files = delta.partition_files(settings, table.spec, ds)
+        stored = lake.read_files(spark, settings, table.spec, ds, files)
+        # The files' statistics also count rows deleted by deletion vectors (a table the
+        # lake never writes, counted by Spark should it appear).
+        rows[table.spec.name] = files.rows if files.plain_parquet else stored.count()
+        engine = engine_for(settings, rows[table.spec.name])
+        checkpoint = ensure_checkpoint_for(context, table, engine)
+        frame = table.frame(stored, settings)
+        day: DayFrame
+        if engine == PANDAS:
+            day = collect_to_pandas(frame)
+        else:
+            day = frame.persist(StorageLevel.MEMORY_AND_DISK)
         try:
             if inspect is not None:
-                inspect(table, frame)
-            result = checkpoints[table.suite].run(
-                batch_parameters={"dataframe": frame},
+                inspect(table, day)
+            result = checkpoint.run(
+                batch_parameters={"dataframe": day},
                 expectation_parameters=params,
                 run_id=run_id,
             )
         finally:
-            frame.unpersist()
+            if isinstance(day, DataFrame):
+                day.unpersist()
+            del day
+        log.info(
+            "%s: %d rows validated with the %s engine",
+            table.spec.name,
+            rows[table.spec.name],
+            engine,
+        )
+        pages += data_docs_pages(result)
         for suite_result in result.run_results.values():
             checks += suite_checks(table.spec.name, suite_result)
-    return checks, data_docs_index(context)
+    update_data_docs(context, pages)
+    return checks, rows, data_docs_index(context)
 
 
 def _report(
@@ -620,12 +695,12 @@ def validate_ingest(spark: SparkSession, settings: Settings, ds: dt.date) -> Gat
     """Run the ingest gate on day ``ds``; never raises because an expectation failed."""
     quarantine_rate = float("nan")
 
-    def inspect(table: TableGate, frame: DataFrame) -> None:
+    def inspect(table: TableGate, frame: DayFrame) -> None:
         nonlocal quarantine_rate
         if table.spec is INGEST_AUDIT:
             quarantine_rate = _impressions_quarantine_rate(frame)
 
-    checks, docs = _run_gate(
+    checks, _, docs = _run_gate(
         spark, settings, ds, INGEST, GATES, expectation_parameters(settings, ds), inspect
     )
     return _report(ds, INGEST, checks, docs, quarantine_rate=quarantine_rate)
@@ -634,7 +709,7 @@ def validate_ingest(spark: SparkSession, settings: Settings, ds: dt.date) -> Gat
 def validate_state(spark: SparkSession, settings: Settings, ds: dt.date) -> GateReport:
     """Run the state gate on the silver state of day ``ds``; never raises because an
     expectation failed."""
-    checks, docs = _run_gate(
+    checks, _, docs = _run_gate(
         spark, settings, ds, STATE, state_gates(settings), state_parameters(settings, ds)
     )
     return _report(ds, STATE, checks, docs)
@@ -643,19 +718,8 @@ def validate_state(spark: SparkSession, settings: Settings, ds: dt.date) -> Gate
 def validate_samples(spark: SparkSession, settings: Settings, ds: dt.date) -> GateReport:
     """Run the samples gate on the gold samples of day ``ds``; never raises because an
     expectation failed."""
-    rows: dict[str, int] = {}
-
-    def inspect(table: TableGate, frame: DataFrame) -> None:
-        rows[table.spec.name] = frame.count()  # also fills the frame's cache
-
-    checks, docs = _run_gate(
-        spark,
-        settings,
-        ds,
-        SAMPLES,
-        samples_gates(settings),
-        samples_parameters(settings, ds),
-        inspect,
+    checks, rows, docs = _run_gate(
+        spark, settings, ds, SAMPLES, samples_gates(settings), samples_parameters(settings, ds)
     )
     checks.append(row_count_check(rows))
     return _report(ds, SAMPLES, checks, docs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,14 +19,17 @@ from keep.core.config import Settings
 from keep.core.tables import DIM_ITEMS, DIM_USERS, IMPRESSIONS, INGEST_AUDIT, TableSpec
 from keep.lake import spark_io as lake
 from keep.quality.lake_gates import (
+    GATES,
     CheckResult,
     GateReport,
+    engine_for,
     expectation_parameters,
     suites,
     validate_ingest,
 )
 from keep.sources import generator
 from spark_jobs.ingest import run_ingest
+from tests.conftest import make_settings
 
 DS = dt.date(2026, 1, 1)
 UTC = dt.UTC
@@ -151,6 +155,22 @@ def check(report: GateReport, table: str, expectation: str, column: str | None):
     return found
 
 
+def spark_jobs(spark: SparkSession, group: str, gate: Callable[[], Any]) -> int:
+    """How many Spark jobs ``gate()`` runs (every job of the calling thread joins ``group``)."""
+    context = spark.sparkContext
+    context.setJobGroup(group, group)
+    try:
+        gate()
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+    return len(context.statusTracker().getJobIdsForGroup(group))
+
+
+def stored_checkpoints(settings: Settings) -> set[str]:
+    """The checkpoints stored in the GX project (one per table and engine used)."""
+    return {p.stem for p in (settings.validation.ge_root / "gx" / "checkpoints").glob("*.json")}
+
+
 def assert_docs(report: GateReport, settings: Settings) -> None:
     index = report.data_docs_index
     assert index is not None and index.is_file()
@@ -203,6 +223,14 @@ def test_parameters_follow_the_day_and_the_settings(settings: Settings) -> None:
     }
     assert referenced == set(params)
     assert set(suites()) == {"bronze_impressions", "dim_users", "dim_items", "bronze_ingest_audit"}
+
+
+def test_small_days_are_validated_in_pandas(settings: Settings) -> None:
+    assert settings.validation.pandas_max_rows >= 1_000_000  # a 1 M-impression day qualifies
+    settings.validation.pandas_max_rows = 10
+    assert [engine_for(settings, rows) for rows in (0, 10, 11)] == ["pandas", "pandas", "spark"]
+    settings.validation.pandas_max_rows = 0  # off: always Spark
+    assert [engine_for(settings, rows) for rows in (0, 10)] == ["spark", "spark"]
 
 
 @pytest.mark.slow
@@ -333,3 +361,68 @@ def test_validating_again_and_another_day_is_idempotent(
     assert other.ds == next_ds
     assert_docs(other, settings)
     assert f"ingest_gate_{DS.isoformat()}" in other.data_docs_index.read_text()
+
+
+@pytest.mark.slow
+def test_a_gate_runs_a_handful_of_spark_jobs(spark: SparkSession, settings: Settings) -> None:
+    """One Spark job per table, the collect of its day: not a query or two per expectation
+    (GX's Spark engine runs about 25 jobs per table on the same day)."""
+    write_day(spark, settings)
+
+    jobs = spark_jobs(spark, "ingest-gate-jobs", lambda: validate_ingest(spark, settings, DS))
+
+    assert 1 <= jobs <= len(GATES)
+    assert stored_checkpoints(settings) == {f"{g.checkpoint}_pandas" for g in GATES}
+
+
+@pytest.mark.slow
+def test_spark_and_pandas_engines_give_the_same_report(spark: SparkSession, tmp_path) -> None:
+    """Every table fails some check; the day validated in Spark (large days) and in pandas
+    (small days) gives the same checks, observations and failing examples."""
+    pandas = make_settings(tmp_path / "pandas")
+    in_spark = make_settings(tmp_path / "spark", validation={"pandas_max_rows": 0})
+    impressions = clean_impressions() + [
+        impression("c", click=1),  # duplicate impression_id
+        impression("h", click=0, cart=1, scenario="radio"),  # no click; unknown scenario
+        impression("i", event_time=NEXT_DAY, position=-1),  # next day; negative position
+    ]
+    users = [{"user_id": u, "gender": "F", "age_level": 2, "purchase_power": 1} for u in (1, 1)]
+    items = [
+        {"item_id": 10, "category_id": 3, "brand_id": 7, "price": -1.0},
+        {"item_id": 10, "category_id": 4, "brand_id": None, "price": 2.0},
+    ]
+    audit = [audit_row("impressions", 10, 9, quarantined=2), audit_row("users", 2, 2)]
+    for settings in (pandas, in_spark):
+        write_day(spark, settings, impressions=impressions, users=users, items=items, audit=audit)
+
+    reports = {
+        "pandas": validate_ingest(spark, pandas, DS),
+        "spark": validate_ingest(spark, in_spark, DS),
+    }
+
+    assert stored_checkpoints(pandas) == {f"{g.checkpoint}_pandas" for g in GATES}
+    assert stored_checkpoints(in_spark) == {g.checkpoint for g in GATES}
+    assert reports["spark"].checks == reports["pandas"].checks
+    for report in reports.values():
+        assert not report.success
+        assert report.quarantine_rate == 0.2
+        assert failed(report) == {
+            (IMPRESSION, "expect_column_values_to_be_unique", "impression_id"),
+            (IMPRESSION, "expect_column_values_to_be_in_set", "scenario"),
+            (IMPRESSION, "expect_column_values_to_be_between", "position"),
+            (IMPRESSION, "expect_column_values_to_be_between", "event_time"),
+            (IMPRESSION, "expect_column_pair_values_a_to_be_greater_than_b", "click,cart"),
+            ("dim.users", "expect_column_values_to_be_unique", "user_id"),
+            ("dim.items", "expect_column_values_to_be_unique", "item_id"),
+            ("dim.items", "expect_column_values_to_be_between", "price"),
+            (AUDIT, "expect_column_distinct_values_to_contain_set", "source"),
+            (AUDIT, "expect_column_values_to_be_in_set", "balance_gap"),
+            (AUDIT, "expect_column_values_to_be_between", "quarantine_rate"),
+        }
+        observed = {c.column: c.observed for c in report.failed if c.table == IMPRESSION}
+        assert observed["event_time"] == "1 unexpected value, e.g. ['2026-01-02 00:00:00']"
+        assert observed["click,cart"] == "1 unexpected value, e.g. [(0, 1)]"
+        assert observed["scenario"] == "1 unexpected value, e.g. ['radio']"
+        missing = check(report, AUDIT, "expect_column_distinct_values_to_contain_set", "source")
+        assert missing.observed == "missing ['items']"
+        assert_docs(report, pandas if report is reports["pandas"] else in_spark)

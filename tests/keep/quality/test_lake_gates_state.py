@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,20 @@ def check(report: GateReport, key: Check) -> CheckResult:
     return found
 
 
+def run_counting_jobs(
+    spark: SparkSession, gate: Callable[[], GateReport]
+) -> tuple[GateReport, int]:
+    """``gate()``'s report and how many Spark jobs it ran (those of a job group of its own)."""
+    context = spark.sparkContext
+    group = f"gate-{uuid.uuid4().hex}"
+    context.setJobGroup(group, group)
+    try:
+        report = gate()
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+    return report, len(context.statusTracker().getJobIdsForGroup(group))
+
+
 def gx_config_files(settings: Settings) -> dict[Path, int]:
     """The GX project's stored configuration (suites, definitions, checkpoints), by mtime."""
     gx_dir = settings.validation.ge_root / "gx"
@@ -141,6 +156,9 @@ def test_one_suite_and_checkpoint_per_table(settings: Settings) -> None:
     ]
     assert [g.spec for g in samples] == list(sample_specs(settings.aggregate.windows))
     assert state[1].checkpoint == "state_gate_silver_user_stats"
+    # Days validated in pandas have their own checkpoints (same suites, a pandas data source).
+    assert state[1].checkpoint_for("pandas") == "state_gate_silver_user_stats_pandas"
+    assert state[1].checkpoint_for("spark") == state[1].checkpoint
     assert state[1].spec == stats_spec("user", settings.aggregate.windows)
 
 
@@ -235,8 +253,15 @@ def lake_settings(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.mark.slow
 def test_real_state_and_samples_pass(spark: SparkSession, lake_settings: Settings) -> None:
-    state = validate_state(spark, lake_settings, DS)
-    samples = validate_samples(spark, lake_settings, DS)
+    state, state_jobs = run_counting_jobs(spark, lambda: validate_state(spark, lake_settings, DS))
+    samples, samples_jobs = run_counting_jobs(
+        spark, lambda: validate_samples(spark, lake_settings, DS)
+    )
+
+    # One Spark job per table, the collect of its day to pandas, not a query or two per
+    # expectation (GX's Spark engine runs 60-80 jobs per gate here).
+    assert 1 <= state_jobs <= len(state_gates(lake_settings))
+    assert 1 <= samples_jobs <= len(samples_gates(lake_settings))
 
     for report in (state, samples):
         assert report.success, report.summary()
@@ -445,17 +470,24 @@ def copied_lake(lake_settings: Settings, tmp_path: Path) -> Settings:
     return settings
 
 
+def apply_tamper(spark: SparkSession, settings: Settings, case: str) -> TableSpec:
+    """Rewrite the partition DS of the table ``case`` tampers with; that table."""
+    tamper = TAMPERS[case]
+    spec = tamper.spec(settings)
+    original = lake.read_partition(spark, settings, spec, DS)
+    # Materialised before its own files are replaced.
+    changed = tamper.change(original, settings).localCheckpoint()
+    lake.overwrite_partition(changed, settings, spec, DS)
+    return spec
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(TAMPERS))
 def test_tampered_partition_fails_exactly_its_checks(
     spark: SparkSession, copied_lake: Settings, case: str
 ) -> None:
     tamper = TAMPERS[case]
-    spec = tamper.spec(copied_lake)
-    original = lake.read_partition(spark, copied_lake, spec, DS)
-    # Materialised before its own files are replaced.
-    changed = tamper.change(original, copied_lake).localCheckpoint()
-    lake.overwrite_partition(changed, copied_lake, spec, DS)
+    spec = apply_tamper(spark, copied_lake, case)
 
     validate = validate_state if spec.layer == "silver" else validate_samples
     report = validate(spark, copied_lake, DS)
@@ -471,3 +503,52 @@ def test_tampered_partition_fails_exactly_its_checks(
     assert report.summary().startswith(
         f"{report.title} FAILED for {DS}: {len(expected)} of {len(report.checks)} checks failed."
     )
+
+
+# One tamper per table (they touch different partitions), so both gates fail on every table
+# they can, in one lake.
+ONE_PER_TABLE = [
+    "unordered_and_late_sequences",
+    "window_not_nested",
+    "clicks_above_impressions",
+    "state_from_the_sample_day",
+    "foreign_scenario_downstream",
+]
+
+
+@pytest.mark.slow
+def test_spark_and_pandas_engines_give_the_same_reports(
+    spark: SparkSession, copied_lake: Settings
+) -> None:
+    """The same tampered day validated in pandas (small days) and in Spark (large days):
+    the same failed checks, observations and failing examples."""
+    for case in ONE_PER_TABLE:
+        apply_tamper(spark, copied_lake, case)
+    in_spark = copied_lake.model_copy(deep=True)
+    in_spark.validation.pandas_max_rows = 0
+
+    for validate, tables in (
+        (validate_state, state_gates(copied_lake)),
+        (validate_samples, samples_gates(copied_lake)),
+    ):
+        pandas_report = validate(spark, copied_lake, DS)
+        spark_report, spark_jobs = run_counting_jobs(
+            spark,
+            lambda: validate(spark, in_spark, DS),  # noqa: B023 (called at once)
+        )
+
+        assert spark_report.checks == pandas_report.checks
+        assert spark_report.summary() == pandas_report.summary()
+        expected = {
+            key
+            for case in ONE_PER_TABLE
+            for key in TAMPERS[case].expected(copied_lake)
+            if (key[0].startswith("silver")) == (validate is validate_state)
+        }
+        assert failed(pandas_report) == expected, pandas_report.summary()
+        for key in expected:
+            [case] = [c for c in ONE_PER_TABLE if key in TAMPERS[c].expected(copied_lake)]
+            assert OBSERVED[(case, key[2])] in check(pandas_report, key).observed
+        # The Spark engine did run: a query per expectation or so, far more than the one
+        # job per table of the pandas path.
+        assert spark_jobs > 5 * len(tables)

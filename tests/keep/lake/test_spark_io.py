@@ -1,0 +1,76 @@
+"""Reading a day partition as the files the Delta log lists, on real Spark + Delta."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import SparkSession
+
+from keep.core.config import Settings
+from keep.core.tables import DIM_USERS
+from keep.lake import delta
+from keep.lake import spark_io as lake
+
+D1 = dt.date(2026, 1, 1)
+D2 = dt.date(2026, 1, 2)
+
+
+def write_users(spark: SparkSession, settings: Settings, ds: dt.date, ids: list[int]) -> None:
+    rows = [
+        {"user_id": u, "gender": "F", "age_level": 2, "purchase_power": 1, "ds": ds.isoformat()}
+        for u in ids
+    ]
+    frame = spark.createDataFrame(rows, lake.spark_schema(DIM_USERS)).repartition(2)
+    lake.overwrite_partition(frame, settings, DIM_USERS, ds)
+
+
+def users(frame) -> list[tuple[int, str]]:
+    return sorted((r["user_id"], r["ds"]) for r in frame.collect())
+
+
+def test_read_files_reads_the_partition_as_delta_does(
+    spark: SparkSession, settings: Settings
+) -> None:
+    assert delta.partition_files(settings, DIM_USERS, D1) == delta.PartitionFiles([], 0, True)
+    write_users(spark, settings, D1, [1, 2, 3])
+    write_users(spark, settings, D2, [4, 5])
+    write_users(spark, settings, D2, [6, 7, 8, 9])  # replaces the day: old files stay on disk
+
+    files = delta.partition_files(settings, DIM_USERS, D2)
+
+    assert files.rows == 4 and files.plain_parquet
+    assert files.paths and all(
+        p.is_file() and p.parent.name == "ds=2026-01-02" for p in files.paths
+    )
+    day = lake.read_files(spark, settings, DIM_USERS, D2, files)
+    assert users(day) == [
+        (6, "2026-01-02"),
+        (7, "2026-01-02"),
+        (8, "2026-01-02"),
+        (9, "2026-01-02"),
+    ]
+    assert users(day) == users(lake.read_partition(spark, settings, DIM_USERS, D2))
+    empty = dt.date(2026, 1, 3)
+    nothing = lake.read_files(
+        spark, settings, DIM_USERS, empty, delta.partition_files(settings, DIM_USERS, empty)
+    )
+    assert nothing.count() == 0 and set(nothing.columns) == set(lake.spark_schema(DIM_USERS).names)
+
+
+def test_tables_with_deletion_vectors_are_read_through_delta(
+    spark: SparkSession, settings: Settings
+) -> None:
+    """A row deleted by a deletion vector is still in its Parquet file: such tables (reader
+    protocol > 1) must be read by Delta, not file by file."""
+    write_users(spark, settings, D1, [1, 2, 3])
+    path = delta.table_path(settings, DIM_USERS)
+    spark.sql(
+        f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = true)"
+    )
+    spark.sql(f"DELETE FROM delta.`{path}` WHERE user_id = 2")
+
+    files = delta.partition_files(settings, DIM_USERS, D1)
+
+    assert not files.plain_parquet
+    day = lake.read_files(spark, settings, DIM_USERS, D1, files)
+    assert users(day) == [(1, "2026-01-01"), (3, "2026-01-01")]
