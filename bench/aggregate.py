@@ -1,47 +1,46 @@
-"""Benchmark: incremental aggregation vs history length, full recomputation, Spark vs DuckDB.
+"""Benchmark: the real incremental aggregation of a new day after 60 vs 5 days of history.
 
-    .venv/bin/python bench/aggregate.py                                  # defaults (hours)
+    .venv/bin/python bench/aggregate.py                                  # defaults (~TBD min)
     .venv/bin/python bench/aggregate.py --days 8 --impressions 20000     # a quick check
     .venv/bin/python bench/aggregate.py --help                           # every option
 
-In a fresh temporary KEEP_HOME (removed afterwards unless ``--keep-home``):
+In a fresh temporary KEEP_HOME (removed afterwards unless ``--keep-home``), two lakes: the
+long one (``--days`` of history, default 60) and the short one (``--short-days``, default
+5), at ``--impressions`` a day (default 200,000; ``--users`` / ``--items`` size the world).
 
-1. **generate** (own process): ``days + 2`` days of ``--impressions`` impressions a day
-   (default 200,000; ``--users`` / ``--items`` size the world), in ``--gen-jobs`` processes.
-2. **measure** (own process, one ``local[2]`` SparkSession for everything; its peak RSS,
-   JVM included, is reported): the history is built in order, ``run_ingest`` then
-   ``run_aggregate`` for each day. Day ``short_days + 1`` (default day 6: after 5 days of
-   history) and day ``days + 1`` (default day 61: after 60 days) are aggregated
-   ``--repeats`` times: the first run is the real one, the others idempotent re-runs of
-   the same day right after it. ``incremental_s_5d`` / ``incremental_s_60d`` are the
-   medians of those runs (both in the same warm process; every run is in
-   ``incremental_runs_s``), ``ratio_60d_over_5d`` their ratio (goal: <= 1.5, the cost of
-   a day must not grow with the history); ``aggregate_s_by_day`` has the whole curve.
-   ``--overlap`` builds the history a little faster (about 10% on 2 cores): the next
-   day's ingest runs, in a second thread of the same session, during every *unmeasured*
-   aggregation; measured runs still run alone, but ``aggregate_s_by_day`` is then
-   comparable only between days not listed in ``days_aggregated_with_next_ingest``.
-3. **full recomputation** of the last day's state (the day of ``incremental_s_60d``) from
-   the whole bronze history with the reference functions ``full_stats`` /
-   ``full_sequences`` (each impression gets its item's category as of its own log day),
-   written to a scratch Delta location: ``full_recompute_s_60d``. It is checked against
-   the incremental state (``full_equals_incremental``).
-4. **one day's counters** (impressions / clicks / carts / purchases per user) of the last
-   day, from the same Parquet files of bronze.impressions (the live files of that
-   partition, listed with delta-rs), by Spark (the same warm ``local[2]`` session; result
-   computed into Spark's ``noop`` sink) and by DuckDB (``read_parquet``, as many threads
-   as Spark has cores; result fetched as Arrow): medians of ``--repeats`` runs after one
-   untimed warm-up each (``spark_s``, ``duckdb_s``, ``spark_over_duckdb``); the first
-   (cold) runs are reported too. Both results are checked equal (``counters_equal``).
-5. **the day after** (``days + 2``), one run: ``incremental_s_next_day``. With the defaults
-   (``aggregate.snapshot_retention_days`` = 60) it is the first day whose aggregation also
-   deletes expired snapshots, the steady-state daily cost
-   (``retention_deletes_next_day``).
+1. **generate** (own processes, ``--gen-jobs``): every day of the history and the new days
+   (``--repeats`` after each history, default 3) as typed bronze rows — bronze.impressions,
+   dim.users, dim.items, exactly the rows ``keep ingest`` stores from the generator's raw
+   files, which are clean — one Parquet file per source and day.
+2. **measure** (own process, one ``local[2]`` SparkSession for everything; the peak PSS of
+   its process tree, JVM and Python workers included, is reported as ``peak_pss_mb``):
 
-Writes reports/bench/aggregate.json (keys ``incremental_s_5d``, ``incremental_s_60d``,
-``ratio_60d_over_5d``, ``full_recompute_s_60d``, ``spark_s``, ``duckdb_s``,
-``spark_over_duckdb`` plus context: sizes, per-day timings, peak memory) and prints it.
-With ``--days N --short-days M`` the keys keep their names (``..._5d`` = after M days,
+   * **history in bulk**: each lake's bronze and dimension tables written from those files,
+     one Spark job and one Delta commit per table (the schema and ``ds`` partitioning of
+     ``keep.core.tables``, as the daily job reads them): ``bronze_load_s``;
+     ``history_build_s`` = generation + load;
+   * **seed**: the state of the last history day (day 60; day 5 in the short lake) by one
+     full recomputation from bronze, ``spark_jobs.aggregate.run_seed_state``: the daily
+     counts of every retained day, the stats and sequences of the day, retention applied —
+     the real state the daily job reads (``seed_s``, ``seed_s_5d``);
+   * **the new days**: ``run_aggregate`` of ``--repeats`` real new days per lake (their
+     bronze was loaded with the history; the state grows day by day), alternating short and
+     long (day 6, day 61, day 7, day 62...): ``incremental_s_5d`` / ``incremental_s_60d`` are
+     the medians, ``ratio_60d_over_5d`` their ratio (goal <= 1.5: a day costs one day of
+     data plus one snapshot, whatever the history). Each run's Spark jobs and Delta commits
+     are in ``incremental_runs``;
+   * **full recomputation vs incremental** (unless ``--no-check``): the state of the first
+     new long day (day 61) recomputed from the whole bronze history with the seed's
+     functions (no writes: ``full_recompute_s_60d``) and compared with what the incremental
+     run wrote, table by table, by row count and the sum of 64-bit row hashes
+     (``full_equals_incremental``);
+   * **one day's counters** (impressions / clicks / carts / purchases per user) of day 61
+     from the same Parquet files of bronze.impressions, by Spark (the warm session, into
+     the ``noop`` sink) and by DuckDB (as many threads as Spark has cores): medians of 3
+     runs after one warm-up each (``spark_s``, ``duckdb_s``), results checked equal.
+
+Writes reports/bench/aggregate.json (``wall_s``: the whole command) and prints it. With
+``--days N --short-days M`` the keys keep their names (``..._5d`` = after M days,
 ``..._60d`` = after N days); ``days`` and ``short_days`` in the report say which.
 """
 
@@ -56,7 +55,6 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +65,10 @@ HEADLINE = (
     "incremental_s_5d",
     "incremental_s_60d",
     "ratio_60d_over_5d",
-    "full_recompute_s_60d",
-    "spark_s",
-    "duckdb_s",
-    "spark_over_duckdb",
+    "seed_s",
+    "history_build_s",
 )
+SOURCES = ("impressions", "users", "items")
 
 
 def _day(i: int) -> dt.date:
@@ -79,26 +76,77 @@ def _day(i: int) -> dt.date:
     return EPOCH + dt.timedelta(days=i - 1)
 
 
+def _new_days(days: int, short_days: int, repeats: int) -> dict[str, list[int]]:
+    """The real new days of each lake."""
+    return {
+        "short": [short_days + 1 + r for r in range(repeats)],
+        "long": [days + 1 + r for r in range(repeats)],
+    }
+
+
 # --------------------------------------------------------------------------- generate phase
 
 
-def _generate_range(args: tuple[int, int, int]) -> None:
-    from keep.core.config import load_settings
+def bulk_dir(home: Path, source: str) -> Path:
+    return home / "bulk" / source
+
+
+def bronze_day(settings: Any, ds: dt.date, out: Path) -> None:
+    """Day ``ds`` of the generator as the rows ``keep ingest`` stores (bronze.impressions,
+    dim.users, dim.items), one Parquet file per source under ``out/<source>/``.
+
+    The generator's raw files are clean (no duplicate, late or malformed row), so ingest
+    stores every row, typed: the same typing is done here with pyarrow.
+    """
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from keep.core.tables import DIM_ITEMS, DIM_USERS, IMPRESSIONS
     from keep.sources import generator
 
-    first, last, step = args
+    day = ds.isoformat()
+
+    def write(frame: pd.DataFrame, spec: Any, source: str) -> None:
+        frame = frame.assign(ds=day)
+        table = pa.Table.from_pandas(frame[spec.columns], schema=spec.schema, preserve_index=False)
+        path = out / source / f"{day}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path)
+
+    chunks = []
+    for raw, _oracle in generator.iter_impression_chunks(settings, ds):
+        chunks.append(
+            raw.assign(
+                event_time=pd.to_datetime(raw["event_time"], utc=True, format="ISO8601").astype(
+                    "datetime64[us, UTC]"
+                )
+            )
+        )
+    write(pd.concat(chunks, ignore_index=True), IMPRESSIONS, "impressions")
+    users, items = generator.dimensions_for_day(settings, ds)
+    write(users.assign(gender=users["gender"].str.strip().str.upper()), DIM_USERS, "users")
+    write(items, DIM_ITEMS, "items")
+
+
+def _generate_range(args: tuple[str, list[int]]) -> None:
+    from keep.core.config import load_settings
+
+    home, days = args
     settings = load_settings()
-    for i in range(first, last + 1, step):
-        generator.write_day(settings, _day(i))
+    for i in days:
+        bronze_day(settings, _day(i), Path(home) / "bulk")
 
 
-def generate(n_days: int, jobs: int) -> None:
-    """Write days 1..n_days (settings from KEEP_* variables) in ``jobs`` processes."""
+def generate(home: Path, days: int, jobs: int) -> None:
+    """Bronze files of days 1..days, in ``jobs`` processes."""
     from multiprocessing import get_context
 
-    jobs = max(1, min(jobs, n_days))
+    jobs = max(1, min(jobs, days))
     with get_context("spawn").Pool(jobs) as pool:
-        pool.map(_generate_range, [(1 + j, n_days, jobs) for j in range(jobs)])
+        pool.map(
+            _generate_range, [(str(home), list(range(1 + j, days + 1, jobs))) for j in range(jobs)]
+        )
 
 
 # --------------------------------------------------------------------------- measure phase
@@ -110,91 +158,97 @@ def _timed(fn: Any, *args: Any) -> tuple[float, Any]:
     return time.perf_counter() - began, out
 
 
-def events_with_category(spark: Any, settings: Any, last: dt.date) -> Any:
-    """All bronze impressions up to ``last``, each with its item's attributes as of its day.
+def load_bronze(spark: Any, settings: Any, home: Path, days: int) -> None:
+    """Bronze and dimension tables of days 1..days from the generated files: one Spark job
+    (and one Delta commit) per table."""
+    from keep.core.tables import DIM_ITEMS, DIM_USERS, IMPRESSIONS
+    from keep.lake import spark_io as lake
 
-    dim.items is a change log (a row per item and day it changed); a row is valid from its
-    ``ds`` to the next row's ``ds`` of the same item, so the as-of join is an equi-join on
-    item_id plus a range condition.
-    """
-    from pyspark.sql import Window
+    for source, spec in zip(SOURCES, (IMPRESSIONS, DIM_USERS, DIM_ITEMS), strict=True):
+        files = [
+            str(bulk_dir(home, source) / f"{_day(i).isoformat()}.parquet")
+            for i in range(1, days + 1)
+        ]
+        lake.replace_where(spark.read.parquet(*files), settings, spec, f"ds <= '{_day(days)}'")
+
+
+def delta_commits(settings: Any) -> int:
+    """Commits in every Delta table of the lake (``_delta_log/*.json``)."""
+    return sum(1 for _ in settings.lake.root.glob("*/*/_delta_log/*.json"))
+
+
+def counted(spark: Any, settings: Any, label: str, fn: Any, *args: Any) -> dict[str, Any]:
+    """Run ``fn(*args)``: its seconds, Spark jobs (a job group), Delta commits, and what it
+    returned (the state's row counts)."""
+    sc = spark.sparkContext
+    before = delta_commits(settings)
+    sc.setJobGroup(label, label)
+    try:
+        seconds, rows = _timed(fn, *args)
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    return {
+        "seconds": round(seconds, 2),
+        "spark_jobs": len(sc.statusTracker().getJobIdsForGroup(label)),
+        "delta_commits": delta_commits(settings) - before,
+        "state_rows": rows,
+    }
+
+
+def checksum(frame: Any, spec: Any) -> tuple[int, int]:
+    """Rows and the sum of their 64-bit hashes (every column, as the table stores them): equal
+    for equal multisets of rows, whatever their order, in one pass without a shuffle."""
     from pyspark.sql import functions as F
 
-    from keep.core.tables import DIM_ITEMS, IMPRESSIONS
     from keep.lake import spark_io as lake
 
-    items = lake.read_table(spark, settings, DIM_ITEMS).where(F.col("ds") <= last.isoformat())
-    nxt = F.lead("ds").over(Window.partitionBy("item_id").orderBy("ds"))
-    versions = items.select(
-        "item_id",
-        "category_id",
-        "brand_id",
-        F.col("ds").alias("valid_from"),
-        nxt.alias("valid_to"),
-    )
-    impressions = lake.read_table(spark, settings, IMPRESSIONS).where(
-        F.col("ds") <= last.isoformat()
-    )
-    i, v = impressions.alias("i"), versions.alias("v")
-    cond = (
-        (F.col("i.item_id") == F.col("v.item_id"))
-        & (F.col("i.ds") >= F.col("v.valid_from"))
-        & (F.col("v.valid_to").isNull() | (F.col("i.ds") < F.col("v.valid_to")))
-    )
-    return i.join(v, cond, "left").select("i.*", "v.category_id", "v.brand_id")
+    rows = lake.conform(frame, spec)
+    row_hash = F.xxhash64(*rows.columns).cast("decimal(38,0)")
+    n, total = rows.agg(F.count(F.lit(1)), F.sum(row_hash)).first()
+    return int(n), int(total or 0)
 
 
-def full_recompute(spark: Any, settings: Any, ds: dt.date, out_root: Path) -> dict[str, Any]:
-    """State of ``ds`` from the whole bronze history (reference functions); Delta writes."""
-    from keep.core.tables import ENTITIES, USER_BEHAVIOR, stats_spec
+def full_equals_incremental(spark: Any, settings: Any, ds: dt.date) -> bool:
+    """Recompute the state of ``ds`` from the whole bronze history (the seed's functions, no
+    writes) and compare it with what the incremental runs wrote (:func:`checksum`)."""
+    from pyspark.sql import functions as F
+
+    from keep.core.tables import (
+        DAILY_COUNTS,
+        DIM_ITEMS,
+        ENTITIES,
+        IMPRESSIONS,
+        USER_BEHAVIOR,
+        stats_spec,
+    )
     from keep.lake import spark_io as lake
-    from spark_jobs.aggregate import daily_counts, full_sequences, full_stats
+    from spark_jobs.aggregate import history_with_category, seed_state
 
     agg = settings.aggregate
-    began = time.perf_counter()
-    events = events_with_category(spark, settings, ds).cache()
-    written: dict[str, Any] = {}
-    try:
-        for entity in ENTITIES:
-            # The daily job's counters, for every day of the history at once.
-            history = daily_counts(events, entity, by=("ds",))
-            spec = stats_spec(entity, agg.windows)
-            stats = full_stats(
-                history,
-                entity,
-                windows=agg.windows,
-                prior_ctr=agg.prior_ctr,
-                prior_strength=agg.prior_strength,
-                ds=ds,
-            )
-            lake.conform(stats, spec).write.format("delta").mode("overwrite").partitionBy(
-                "ds"
-            ).save(str(out_root / spec.name))
-            written[spec.name] = spec
-        sequences = full_sequences(events, length=agg.sequence_length, ds=ds)
-        lake.conform(sequences, USER_BEHAVIOR).write.format("delta").mode("overwrite").partitionBy(
-            "ds"
-        ).save(str(out_root / USER_BEHAVIOR.name))
-        written[USER_BEHAVIOR.name] = USER_BEHAVIOR
-    finally:
-        events.unpersist()
-    seconds = time.perf_counter() - began
-    return {"seconds": seconds, "tables": written}
-
-
-def full_equals_incremental(
-    spark: Any, settings: Any, ds: dt.date, out_root: Path, tables: dict[str, Any]
-) -> bool:
-    """Do the recomputed tables hold exactly the incremental state of ``ds``?"""
-    from keep.lake import spark_io as lake
-
-    for name, spec in tables.items():
-        full = spark.read.format("delta").load(str(out_root / name))
-        incremental = lake.conform(lake.read_partition(spark, settings, spec, ds), spec)
-        if full.count() != incremental.count() or not full.exceptAll(incremental).isEmpty():
-            print(f"full recomputation differs from the incremental state in {name}", flush=True)
-            return False
-    return True
+    upto = F.col("ds") <= ds.isoformat()
+    events = history_with_category(
+        lake.read_table(spark, settings, IMPRESSIONS).where(upto),
+        lake.read_table(spark, settings, DIM_ITEMS).where(upto),
+    )
+    state = seed_state(events, agg=agg, ds=ds)
+    pairs = [
+        (
+            DAILY_COUNTS,
+            state.daily_counts,
+            lake.read_table(spark, settings, DAILY_COUNTS).where(upto),
+        ),
+        (USER_BEHAVIOR, state.sequences, lake.read_partition(spark, settings, USER_BEHAVIOR, ds)),
+    ]
+    for entity in ENTITIES:
+        spec = stats_spec(entity, agg.windows)
+        pairs.append((spec, state.stats[entity], lake.read_partition(spark, settings, spec, ds)))
+    same = True
+    for spec, full, written in pairs:
+        want, got = checksum(full, spec), checksum(written, spec)
+        if want != got or want[0] == 0:
+            print(f"{spec.name}: full recomputation {want} != incremental {got}", flush=True)
+            same = False
+    return same
 
 
 def parquet_files(settings: Any, ds: dt.date) -> list[str]:
@@ -226,7 +280,7 @@ GROUP BY user_id
 """
 
 
-def spark_vs_duckdb(spark: Any, files: list[str], repeats: int) -> dict[str, Any]:
+def spark_vs_duckdb(spark: Any, files: list[str], repeats: int = 3) -> dict[str, Any]:
     """One day's per-user counters by Spark and by DuckDB over the same Parquet files."""
     import duckdb
     from pyspark.sql import functions as F
@@ -260,13 +314,13 @@ def spark_vs_duckdb(spark: Any, files: list[str], repeats: int) -> dict[str, Any
     duck_runs = [_timed(run_duckdb)[0] for _ in range(repeats + 1)]
     want = sorted(tuple(int(x) for x in r) for r in spark_counters().collect())
     got = sorted(tuple(int(x) for x in r) for r in con.execute(sql).fetchall())
+    spark_s, duckdb_s = statistics.median(spark_runs[1:]), statistics.median(duck_runs[1:])
     return {
-        "spark_s": statistics.median(spark_runs[1:]),
-        "duckdb_s": statistics.median(duck_runs[1:]),
-        "spark_cold_s": spark_runs[0],
-        "duckdb_cold_s": duck_runs[0],
-        "spark_runs_s": spark_runs,
-        "duckdb_runs_s": duck_runs,
+        "spark_s": round(spark_s, 3),
+        "duckdb_s": round(duckdb_s, 3),
+        "spark_over_duckdb": round(spark_s / duckdb_s, 1),
+        "spark_cold_s": round(spark_runs[0], 3),
+        "duckdb_cold_s": round(duck_runs[0], 3),
         "cores": cores,
         "duckdb_version": duckdb.__version__,
         "counters_equal": want == got,
@@ -275,91 +329,72 @@ def spark_vs_duckdb(spark: Any, files: list[str], repeats: int) -> dict[str, Any
     }
 
 
-def measure(days: int, short_days: int, repeats: int, out: Path, overlap: bool) -> None:
-    """Build the history in one SparkSession, take every measurement; figures to ``out``."""
+def lake_settings(home: Path, lake: str) -> Any:
+    """Settings of one of the two lakes."""
     from keep.core.config import load_settings
+
+    return load_settings(lake={"root": home / lake})
+
+
+def measure(home: Path, days: int, short_days: int, repeats: int, check: bool, out: Path) -> None:
+    """Build both lakes in one SparkSession, take every measurement; figures to ``out``."""
     from keep.core.tables import IMPRESSIONS
     from keep.lake import spark_io as lake
     from keep.lake.spark import get_spark
-    from spark_jobs.aggregate import run_aggregate
-    from spark_jobs.ingest import run_ingest
+    from spark_jobs.aggregate import run_aggregate, run_seed_state
 
-    settings = load_settings()
-    session_s, spark = _timed(get_spark, settings)
-    timed_days = {short_days + 1: "short", days + 1: "long"}
-    ingest_s: list[float] = []
-    aggregate_s: list[float] = []
-    overlapped: list[int] = []
-    runs: dict[str, list[float]] = {}
-    began = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=1) as ahead:
-        pending: Future[tuple[float, Any]] | None = None
-        for i in range(1, days + 2):
-            ds = _day(i)
-            seconds, _ = pending.result() if pending else _timed(run_ingest, spark, settings, ds)
-            ingest_s.append(seconds)
-            # Ingest day i + 1 (independent of day i's aggregation) while aggregating day i,
-            # except around measured days: those run alone.
-            pending = None
-            if overlap and i not in timed_days and i + 1 <= days + 1:
-                pending = ahead.submit(_timed, run_ingest, spark, settings, _day(i + 1))
-                overlapped.append(i)
-            seconds, _ = _timed(run_aggregate, spark, settings, ds)
-            aggregate_s.append(seconds)
-            if i in timed_days:
-                again = [_timed(run_aggregate, spark, settings, ds)[0] for _ in range(repeats - 1)]
-                runs[timed_days[i]] = [seconds, *again]
-            note = " (with the next day's ingest)" if pending else ""
-            print(
-                f"day {i:>3} {ds}: ingest {ingest_s[-1]:6.1f} s, aggregate {seconds:6.1f} s{note}",
-                flush=True,
-            )
-    history_s = time.perf_counter() - began
-    last = _day(days + 1)
-    scratch = settings.home / "bench-full"
-    full = full_recompute(spark, settings, last, scratch)
-    print(f"full recomputation of {last}: {full['seconds']:.1f} s", flush=True)
-    same = full_equals_incremental(spark, settings, last, scratch, full["tables"])
-    counters = spark_vs_duckdb(spark, parquet_files(settings, last), repeats)
-    # One more day, after everything else: from day snapshot_retention_days + 2 on, every
-    # day also deletes the oldest snapshots (retention), which day days + 1 does not yet.
-    after = _day(days + 2)
-    run_ingest(spark, settings, after)
-    next_day_s = _timed(run_aggregate, spark, settings, after)[0]
-    print(f"day {days + 2:>3} {after}: aggregate {next_day_s:6.1f} s", flush=True)
-    bronze_rows = lake.read_table(spark, settings, IMPRESSIONS).count()
-    short, long_ = statistics.median(runs["short"]), statistics.median(runs["long"])
+    lakes = {"long": lake_settings(home, "lake-long"), "short": lake_settings(home, "lake-short")}
+    history = {"long": days, "short": short_days}
+    new_days = _new_days(days, short_days, repeats)
+    # Bronze of the history and of the new days, in bulk (the seed reads days <= its day).
+    loaded = {k: new_days[k][-1] for k in lakes}
+    session_s, spark = _timed(get_spark, lakes["long"])
+    figures: dict[str, Any] = {"session_start_s": round(session_s, 1)}
+
+    load_s = {k: _timed(load_bronze, spark, lakes[k], home, loaded[k])[0] for k in lakes}
+    print(
+        f"bronze loaded: {load_s['long']:.1f} s (long), {load_s['short']:.1f} s (short)", flush=True
+    )
+    seeds = {}
+    for k in ("long", "short"):
+        seeds[k] = counted(
+            spark, lakes[k], f"seed-{k}", run_seed_state, spark, lakes[k], _day(history[k])
+        )
+        print(f"seed of day {history[k]} ({k}): {seeds[k]}", flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {"short": [], "long": []}
+    for r in range(repeats):
+        for k in ("short", "long"):
+            i = new_days[k][r]
+            run = counted(spark, lakes[k], f"day-{i}", run_aggregate, spark, lakes[k], _day(i))
+            runs[k].append({"day": i, **run})
+            print(f"day {i:>3} ({k}, after {i - 1} days): aggregate {run}", flush=True)
+
+    first_long = _day(new_days["long"][0])
+    if check:
+        full_s, same = _timed(full_equals_incremental, spark, lakes["long"], first_long)
+        figures |= {"full_recompute_s_60d": round(full_s, 1), "full_equals_incremental": same}
+        print(
+            f"full recomputation of day {new_days['long'][0]}: {full_s:.1f} s, equal: {same}",
+            flush=True,
+        )
+    figures |= spark_vs_duckdb(spark, parquet_files(lakes["long"], first_long))
+
+    short = statistics.median(r["seconds"] for r in runs["short"])
+    long_ = statistics.median(r["seconds"] for r in runs["long"])
     figures = {
         "incremental_s_5d": round(short, 2),
         "incremental_s_60d": round(long_, 2),
         "ratio_60d_over_5d": round(long_ / short, 3),
-        "incremental_s_next_day": round(next_day_s, 2),
-        "retention_deletes_next_day": days + 2 > settings.aggregate.snapshot_retention_days + 1,
-        "full_recompute_s_60d": round(full["seconds"], 2),
-        "full_over_incremental_60d": round(full["seconds"] / long_, 2),
-        "full_equals_incremental": same,
-        "spark_s": round(counters["spark_s"], 3),
-        "duckdb_s": round(counters["duckdb_s"], 3),
-        "spark_over_duckdb": round(counters["spark_s"] / counters["duckdb_s"], 1),
-        "spark_cold_s": round(counters["spark_cold_s"], 3),
-        "duckdb_cold_s": round(counters["duckdb_cold_s"], 3),
-        "counters_equal": counters["counters_equal"],
-        "counter_rows": counters["counter_rows"],
-        "counter_parquet_files": counters["files"],
-        "counter_cores": counters["cores"],
-        "duckdb_version": counters["duckdb_version"],
-        "incremental_days": {"short": short_days + 1, "long": days + 1},
-        "incremental_runs_s": {k: [round(x, 2) for x in v] for k, v in runs.items()},
-        "spark_runs_s": [round(x, 3) for x in counters["spark_runs_s"]],
-        "duckdb_runs_s": [round(x, 3) for x in counters["duckdb_runs_s"]],
-        "session_start_s": round(session_s, 1),
-        "history_build_s": round(history_s, 1),
-        "ingest_s_by_day": [round(x, 1) for x in ingest_s],
-        "aggregate_s_by_day": [round(x, 1) for x in aggregate_s],
-        "days_aggregated_with_next_ingest": overlapped,
-        "bronze_rows": bronze_rows,
-        "master": settings.spark.master,
-        "shuffle_partitions": settings.spark.shuffle_partitions,
+        "seed_s": seeds["long"]["seconds"],
+        "seed_s_5d": seeds["short"]["seconds"],
+        "seed_spark_jobs": seeds["long"]["spark_jobs"],
+        "seed_delta_commits": seeds["long"]["delta_commits"],
+        "bronze_load_s": round(load_s["long"] + load_s["short"], 1),
+        "incremental_runs": runs,
+        **figures,
+        "bronze_rows_long": lake.read_table(spark, lakes["long"], IMPRESSIONS).count(),
+        "master": lakes["long"].spark.master,
+        "shuffle_partitions": lakes["long"].spark.shuffle_partitions,
     }
     spark.stop()
     out.write_text(json.dumps(figures, indent=2) + "\n")
@@ -369,8 +404,8 @@ def measure(days: int, short_days: int, repeats: int, out: Path, overlap: bool) 
 
 
 def run_streaming(cmd: list[str], env: dict[str, str]) -> Measured:
-    """``_common.run_measured`` echoing the child's progress lines as they come (the
-    history build takes a long time); Spark's and Java's noise is not echoed."""
+    """``_common.run_measured`` echoing the child's progress lines as they come; Spark's and
+    Java's noise is not echoed."""
     return run_measured(
         cmd,
         env,
@@ -399,7 +434,7 @@ def main() -> None:
     )
     parser.add_argument("--items", type=int, default=10_000, help="items on day 1")
     parser.add_argument(
-        "--repeats", type=int, default=3, help="timed runs per measurement (median)"
+        "--repeats", type=int, default=3, help="real new days aggregated per lake (median)"
     )
     parser.add_argument("--driver-memory", default="4g")
     parser.add_argument("--master", default="local[2]")
@@ -407,25 +442,28 @@ def main() -> None:
         "--gen-jobs", type=int, default=os.cpu_count() or 1, help="generator processes"
     )
     parser.add_argument(
-        "--overlap",
+        "--no-check",
         action="store_true",
-        help="ingest the next day during unmeasured aggregations (faster history build; ~10%% here)",
+        help="skip the full recomputation of the first new long day (compared with the incremental state)",
     )
     parser.add_argument("--keep-home", action="store_true", help="keep the temporary KEEP_HOME")
     parser.add_argument("--phase", choices=["generate", "measure"], help=argparse.SUPPRESS)
+    parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not 1 <= args.short_days < args.days:
         parser.error("need 1 <= --short-days < --days")
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    new_days = _new_days(args.days, args.short_days, args.repeats)
     if args.phase == "generate":
-        generate(args.days + 2, args.gen_jobs)
+        generate(args.home, new_days["long"][-1], args.gen_jobs)
         return
     if args.phase == "measure":
-        measure(args.days, args.short_days, args.repeats, args.out, args.overlap)
+        measure(args.home, args.days, args.short_days, args.repeats, not args.no_check, args.out)
         return
 
+    began = time.perf_counter()
     home = Path(tempfile.mkdtemp(prefix="keep-bench-aggregate-"))
     env = {
         "KEEP_HOME": str(home),
@@ -436,18 +474,15 @@ def main() -> None:
         "KEEP_SPARK__MASTER": args.master,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
-    common = [
-        "--days",
-        str(args.days),
-        "--short-days",
-        str(args.short_days),
-        "--repeats",
-        str(args.repeats),
-    ]
-    common += ["--overlap"] if args.overlap else []
+    common = ["--home", str(home), "--days", str(args.days), "--short-days", str(args.short_days)]
+    common += ["--repeats", str(args.repeats)] + (["--no-check"] if args.no_check else [])
     script = str(Path(__file__).resolve())
     out = home / "figures.json"
-    print(f"KEEP_HOME={home}: {args.days + 2} days of {args.impressions:,} impressions", flush=True)
+    print(
+        f"KEEP_HOME={home}: {args.days} days of {args.impressions:,} impressions "
+        f"(+ {args.repeats} new days per lake)",
+        flush=True,
+    )
     try:
         gen = run_streaming(
             [PYTHON, script, "--phase", "generate", "--gen-jobs", str(args.gen_jobs), *common], env
@@ -461,17 +496,19 @@ def main() -> None:
     finally:
         if not args.keep_home:
             shutil.rmtree(home, ignore_errors=True)
+    figures["history_build_s"] = round(gen.wall_s + figures["bronze_load_s"], 1)
     figures = {
         **{k: figures.pop(k) for k in HEADLINE},
         "days": args.days,
         "short_days": args.short_days,
+        "wall_s": round(time.perf_counter() - began, 1),
+        "peak_pss_mb": round(run.peak_pss_mb),
         "impressions_per_day": args.impressions,
         "users": args.users,
         "items": args.items,
         "repeats": args.repeats,
         "generate_s": round(gen.wall_s, 1),
         "measure_wall_s": round(run.wall_s, 1),
-        "measure_peak_rss_mb": round(run.peak_pss_mb),
         **figures,
     }
     write_report("aggregate", figures)

@@ -50,10 +50,10 @@ def setup(home: Path, users: int, seq_len: int, batch_rows: int) -> None:
     from deltalake import write_deltalake
 
     from keep.core.tables import (
+        DAILY_COUNTS,
         DIM_ITEMS,
         DIM_USERS,
         USER_BEHAVIOR,
-        daily_counts_spec,
         stats_spec,
         window_columns,
     )
@@ -87,6 +87,13 @@ def setup(home: Path, users: int, seq_len: int, batch_rows: int) -> None:
             partition_by=list(spec.partition_by),
             mode="append",
         )
+
+    def counts_of(entity: str, n: int) -> dict[str, object]:
+        """silver.daily_counts' entity column, and its key columns all null (set by the caller)."""
+        return {
+            "entity": [entity] * n,
+            **{k: pa.nulls(n, pa.int64()) for k in ("user_id", "item_id", "category_id")},
+        }
 
     def counters(n: int) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -131,7 +138,7 @@ def setup(home: Path, users: int, seq_len: int, batch_rows: int) -> None:
             "carts": np.zeros(n, np.int64),
             "purchases": np.zeros(n, np.int64),
         }
-        write(daily_counts_spec("user"), {"user_id": ids, **activity})
+        write(DAILY_COUNTS, {**counts_of("user", n), "user_id": ids, **activity})
         write(
             DIM_USERS,
             {
@@ -149,8 +156,13 @@ def setup(home: Path, users: int, seq_len: int, batch_rows: int) -> None:
         )
         activity2 = {k: np.repeat(v, 2) for k, v in activity.items()}
         write(
-            daily_counts_spec("user_category"),
-            {"user_id": uc_users, "category_id": uc_cats, **activity2},
+            DAILY_COUNTS,
+            {
+                **counts_of("user_category", 2 * n),
+                "user_id": uc_users,
+                "category_id": uc_cats,
+                **activity2,
+            },
         )
     for start in range(0, items, CHUNK):
         ids = np.arange(start, min(start + CHUNK, items), dtype=np.int64)
@@ -162,7 +174,7 @@ def setup(home: Path, users: int, seq_len: int, batch_rows: int) -> None:
             "carts": np.zeros(n, np.int64),
             "purchases": np.zeros(n, np.int64),
         }
-        write(daily_counts_spec("item"), {"item_id": ids, **activity})
+        write(DAILY_COUNTS, {**counts_of("item", n), "item_id": ids, **activity})
         write(
             DIM_ITEMS,
             {

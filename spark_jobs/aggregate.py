@@ -2,7 +2,8 @@
 
 For day ``ds`` (after ``ingest``):
 
-* ``silver.<entity>_daily_counts`` (entity = user, item, user_category): the day's counters;
+* ``silver.daily_counts``: the day's counters per key of every entity (user, item,
+  user_category), one table for all entities;
 * ``silver.<entity>_stats``: counters over every window ``w`` as of the end of ``ds``:
   ``S_w(ds) = S_w(ds-1) + D(ds) - D(ds-w)`` — yesterday's snapshot plus today's daily
   counts minus the daily counts of the day that leaves the window. The cost is one day of
@@ -11,33 +12,44 @@ For day ``ds`` (after ``ingest``):
   today's behaviours, sorted by time, truncated to N.
 
 Keys whose longest window is empty are dropped from the stats. The category of an
-impression is its item's category as of the impression's log day.
+impression is its item's category as of the impression's log day. A day costs one Delta
+commit per table (five), retention included: partitions past retention are removed in the
+commit that writes the day.
 
-``full_stats`` / ``full_sequences`` recompute the same state from the whole bronze
-history; they are the reference the incremental path is tested and benchmarked against.
+**Seed (bootstrap).** ``run_seed_state(spark, settings, ds)`` writes the state of ``ds`` by
+one full recomputation from the bronze history (``seed_state``: ``full_stats`` /
+``full_sequences`` over ``history_with_category``): the state the daily job would have left
+after running every day up to ``ds``, so ``run_aggregate`` can continue with ``ds + 1``.
+For a history loaded in bulk, or state lost. The same functions are the reference the
+incremental path is tested and benchmarked against (bench/aggregate.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any, cast
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import reduce
+from typing import cast
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from keep.core.config import Settings
+from keep.core.config import AggregateSettings, Settings
 from keep.core.errors import InputError
 from keep.core.tables import (
     BEHAVIOR,
+    COUNT_KEYS,
     COUNTERS,
+    DAILY_COUNTS,
     DIM_ITEMS,
     ENTITIES,
     IMPRESSIONS,
     USER_BEHAVIOR,
     TableSpec,
-    daily_counts_spec,
     stats_spec,
 )
 from keep.core.time import end_of_day
@@ -78,19 +90,34 @@ def daily_counts(impressions: DataFrame, entity: str, *, by: tuple[str, ...] = (
     )
 
 
-def _long(
-    frame: DataFrame, keys: tuple[str, ...], window: int, sign: int, suffix: str
-) -> DataFrame:
-    """Counters of ``frame`` as (keys, window, counters) rows, times ``sign``."""
-    return frame.select(
-        *keys,
-        F.lit(window).alias("window"),
-        *[(F.col(f"{c}{suffix}") * sign).cast("long").alias(c) for c in COUNTERS],
-    )
+def all_daily_counts(impressions: DataFrame, *, by: tuple[str, ...] = ()) -> DataFrame:
+    """Every entity's counters in one frame: rows of silver.daily_counts (``entity``, the
+    entity's key columns set and the other keys null, the counters; plus ``by``)."""
+    frames = [
+        daily_counts(impressions, entity, by=by).select(
+            F.lit(entity).alias("entity"),
+            *[(F.col(k) if k in keys else F.lit(None)).cast("long").alias(k) for k in COUNT_KEYS],
+            *COUNTERS,
+            *by,
+        )
+        for entity, keys in ENTITIES.items()
+    ]
+    return reduce(DataFrame.unionByName, frames)
+
+
+def counts_of(rows: DataFrame, entity: str) -> DataFrame:
+    """One entity's rows of silver.daily_counts, with only its key columns."""
+    extra = [c for c in ("ds",) if c in rows.columns]
+    return rows.where(F.col("entity") == entity).select(*ENTITIES[entity], *COUNTERS, *extra)
+
+
+def _window_columns(windows: list[int], value: Callable[[int, str], Column]) -> list[Column]:
+    """One long column ``<counter>_<w>d`` per window and counter, holding ``value(w, counter)``."""
+    return [value(w, c).cast("long").alias(f"{c}_{w}d") for w in windows for c in COUNTERS]
 
 
 def finish_stats(
-    long_rows: DataFrame,
+    summed: DataFrame,
     keys: tuple[str, ...],
     windows: list[int],
     *,
@@ -98,18 +125,8 @@ def finish_stats(
     prior_strength: float,
     ds: dt.date,
 ) -> DataFrame:
-    """Sum (keys, window, counters) rows into one wide row per key; add smoothed rates."""
-    summed = long_rows.groupBy(*keys, "window").agg(*[F.sum(c).alias(c) for c in COUNTERS])
-    wide = (
-        summed.groupBy(*keys)
-        .pivot("window", list[Any](windows))
-        .agg(*[F.first(c).alias(c) for c in COUNTERS])
-    )
-    cols: list[Column] = [F.col(k) for k in keys]
-    for w in windows:
-        for c in COUNTERS:
-            cols.append(F.coalesce(F.col(f"{w}_{c}"), F.lit(0)).cast("long").alias(f"{c}_{w}d"))
-    out = wide.select(*cols)
+    """Window counters per key (``<counter>_<w>d``) plus smoothed rates; keys whose longest
+    window is empty are dropped."""
     rates = [
         (
             (F.col(f"clicks_{w}d") + prior_strength * prior_ctr)
@@ -119,7 +136,7 @@ def finish_stats(
     ]
     longest = max(windows)
     return (
-        out.select("*", *rates)
+        summed.select("*", *rates)
         .where(F.col(f"impressions_{longest}d") > 0)
         .withColumn("event_timestamp", F.lit(end_of_day(ds)))
         .withColumn("ds", F.lit(ds.isoformat()))
@@ -129,7 +146,7 @@ def finish_stats(
 def update_stats(
     previous: DataFrame,
     today: DataFrame,
-    leaving: dict[int, DataFrame],
+    leaving: DataFrame,
     entity: str,
     *,
     windows: list[int],
@@ -137,18 +154,33 @@ def update_stats(
     prior_strength: float,
     ds: dt.date,
 ) -> DataFrame:
-    """``S_w(ds) = S_w(ds-1) + D(ds) - D(ds-w)`` for every window ``w``."""
+    """``S_w(ds) = S_w(ds-1) + D(ds) - D(ds-w)`` for every window ``w``.
+
+    ``previous``: the stats of ``ds - 1``; ``today``: the daily counts of ``ds``; ``leaving``:
+    the daily counts of the days ``ds - w`` (one frame; a row's ``ds`` says which window it
+    leaves). One row per key and source, summed in one aggregation: the cost is one
+    snapshot plus a few days of counts, whatever the history length.
+    """
     keys = ENTITIES[entity]
-    parts = []
-    for w in windows:
-        parts.append(_long(previous, keys, w, +1, f"_{w}d"))
-        parts.append(_long(today, keys, w, +1, ""))
-        parts.append(_long(leaving[w], keys, w, -1, ""))
-    rows = parts[0]
-    for part in parts[1:]:
-        rows = rows.unionByName(part)
+    leaves = {w: (ds - dt.timedelta(days=w)).isoformat() for w in windows}
+    zero = F.lit(0)
+    rows = (
+        previous.select(*keys, *_window_columns(windows, lambda w, c: F.col(f"{c}_{w}d")))
+        .unionByName(today.select(*keys, *_window_columns(windows, lambda w, c: F.col(c))))
+        .unionByName(
+            leaving.select(
+                *keys,
+                *_window_columns(
+                    windows,
+                    lambda w, c: F.when(F.col("ds") == leaves[w], -F.col(c)).otherwise(zero),
+                ),
+            )
+        )
+    )
+    names = [f"{c}_{w}d" for w in windows for c in COUNTERS]
+    summed = rows.groupBy(*keys).agg(*[F.sum(n).cast("long").alias(n) for n in names])
     return finish_stats(
-        rows, keys, windows, prior_ctr=prior_ctr, prior_strength=prior_strength, ds=ds
+        summed, keys, windows, prior_ctr=prior_ctr, prior_strength=prior_strength, ds=ds
     )
 
 
@@ -161,18 +193,18 @@ def full_stats(
     prior_strength: float,
     ds: dt.date,
 ) -> DataFrame:
-    """The same counters recomputed from every day's counts (reference for tests/bench)."""
+    """The same counters recomputed from every day's counts (the seed; reference for tests)."""
     keys = ENTITIES[entity]
-    parts = []
-    for w in windows:
-        first = (ds - dt.timedelta(days=w - 1)).isoformat()
-        in_window = daily_history.where(F.col("ds").between(first, ds.isoformat()))
-        parts.append(_long(in_window, keys, w, +1, ""))
-    rows = parts[0]
-    for part in parts[1:]:
-        rows = rows.unionByName(part)
+    firsts = {w: (ds - dt.timedelta(days=w - 1)).isoformat() for w in windows}
+    in_range = daily_history.where(F.col("ds").between(firsts[max(windows)], ds.isoformat()))
+    summed = in_range.groupBy(*keys).agg(
+        *_window_columns(
+            windows,
+            lambda w, c: F.sum(F.when(F.col("ds") >= firsts[w], F.col(c)).otherwise(F.lit(0))),
+        )
+    )
     return finish_stats(
-        rows, keys, windows, prior_ctr=prior_ctr, prior_strength=prior_strength, ds=ds
+        summed, keys, windows, prior_ctr=prior_ctr, prior_strength=prior_strength, ds=ds
     )
 
 
@@ -199,22 +231,13 @@ def behaviors_of_day(impressions: DataFrame) -> DataFrame:
     )
 
 
-def update_sequences(
-    previous: DataFrame, today: DataFrame, *, length: int, ds: dt.date
-) -> DataFrame:
-    """Yesterday's sequences plus today's behaviours, time-ordered, last ``length`` kept."""
-    joined = previous.select("user_id", "behaviors").join(today, on="user_id", how="full_outer")
-    merged = F.array_sort(
-        F.concat(
-            F.coalesce(F.col("behaviors"), F.array().cast(T.ArrayType(_BEHAVIOR))),
-            F.coalesce(F.col("today"), F.array().cast(T.ArrayType(_BEHAVIOR))),
-        )
-    )
-    kept = F.slice(merged, F.greatest(F.size(merged) - length + 1, F.lit(1)), length)
-    return joined.select(
-        "user_id",
-        kept.alias("behaviors"),
-    ).select(
+def _last(behaviors: Column, length: int) -> Column:
+    """The last ``length`` elements of a (sorted) array."""
+    return F.slice(behaviors, F.greatest(F.size(behaviors) - length + 1, F.lit(1)), length)
+
+
+def _with_sequence_columns(users: DataFrame, ds: dt.date) -> DataFrame:
+    return users.select(
         "user_id",
         "behaviors",
         F.size("behaviors").alias("seq_len"),
@@ -223,16 +246,105 @@ def update_sequences(
     )
 
 
+def update_sequences(
+    previous: DataFrame, today: DataFrame, *, length: int, ds: dt.date
+) -> DataFrame:
+    """Yesterday's sequences plus today's behaviours, time-ordered, last ``length`` kept.
+
+    A user without behaviours today keeps yesterday's sequence as it is (already sorted and
+    at most ``length`` long), so only the day's active users are re-sorted.
+    """
+    joined = previous.select("user_id", "behaviors").join(today, on="user_id", how="full_outer")
+    empty = F.array().cast(T.ArrayType(_BEHAVIOR))
+    merged = F.array_sort(
+        F.concat(F.coalesce(F.col("behaviors"), empty), F.coalesce(F.col("today"), empty))
+    )
+    unchanged = F.col("today").isNull() & (F.size("behaviors") <= length)
+    kept = F.when(unchanged, F.col("behaviors")).otherwise(_last(merged, length))
+    return _with_sequence_columns(joined.select("user_id", kept.alias("behaviors")), ds)
+
+
 def full_sequences(impressions_history: DataFrame, *, length: int, ds: dt.date) -> DataFrame:
-    """The same sequences recomputed from all impressions up to ``ds`` (reference)."""
-    today = behaviors_of_day(impressions_history.where(F.col("ds") <= ds.isoformat()))
-    previous = today.select(
-        "user_id", F.array().cast(T.ArrayType(_BEHAVIOR)).alias("behaviors")
-    ).limit(0)
-    return update_sequences(previous, today, length=length, ds=ds)
+    """The same sequences recomputed from all impressions up to ``ds`` (the seed; reference)."""
+    every = behaviors_of_day(impressions_history.where(F.col("ds") <= ds.isoformat()))
+    return _with_sequence_columns(
+        every.select("user_id", _last(F.array_sort("today"), length).alias("behaviors")), ds
+    )
 
 
-# --------------------------------------------------------------------------- entry point
+# --------------------------------------------------------------------------- seed (bootstrap)
+
+
+def history_with_category(impressions: DataFrame, items: DataFrame) -> DataFrame:
+    """Impressions of many days, each with its item's category and brand as of its own day.
+
+    ``items`` is dim.items, a change log (a row per item and day it changed): a row is valid
+    from its ``ds`` to the next row's ``ds`` of the same item, so the as-of lookup is an
+    equi-join on item_id plus a range condition (null attributes for unknown items), the same
+    attributes :func:`with_category` gives the daily job on each day.
+    """
+    following = F.lead("ds").over(Window.partitionBy("item_id").orderBy("ds"))
+    versions = items.select(
+        "item_id",
+        "category_id",
+        "brand_id",
+        F.col("ds").alias("valid_from"),
+        following.alias("valid_to"),
+    )
+    i, v = impressions.alias("i"), versions.alias("v")
+    valid = (
+        (F.col("i.item_id") == F.col("v.item_id"))
+        & (F.col("i.ds") >= F.col("v.valid_from"))
+        & (F.col("v.valid_to").isNull() | (F.col("i.ds") < F.col("v.valid_to")))
+    )
+    return i.join(v, valid, "left").select("i.*", "v.category_id", "v.brand_id")
+
+
+def snapshot_cut(agg: AggregateSettings, ds: dt.date) -> dt.date:
+    """Snapshots (stats, sequences) older than this are removed when ``ds`` is written."""
+    return ds - dt.timedelta(days=agg.snapshot_retention_days)
+
+
+def daily_cut(agg: AggregateSettings, ds: dt.date) -> dt.date:
+    """Daily counts older than this are removed when ``ds`` is written (they have left every
+    window and the snapshot retention)."""
+    return ds - dt.timedelta(days=max(max(agg.windows), agg.snapshot_retention_days) + 1)
+
+
+@dataclass(frozen=True)
+class State:
+    """The state a day leaves for the next one: daily counts, stats per entity, sequences."""
+
+    daily_counts: DataFrame
+    stats: dict[str, DataFrame]
+    sequences: DataFrame
+
+
+def seed_state(events: DataFrame, *, agg: AggregateSettings, ds: dt.date) -> State:
+    """The state of ``ds`` recomputed from a whole history (:func:`history_with_category`).
+
+    Exactly what running the daily job on every day up to ``ds`` leaves behind: the daily
+    counts of every day retention keeps (``daily_cut`` .. ``ds``), the stats and the
+    sequences of ``ds``.
+    """
+    first, last = daily_cut(agg, ds).isoformat(), ds.isoformat()
+    daily = all_daily_counts(events.where(F.col("ds").between(first, last)), by=("ds",))
+    stats = {
+        e: full_stats(
+            counts_of(daily, e),
+            e,
+            windows=agg.windows,
+            prior_ctr=agg.prior_ctr,
+            prior_strength=agg.prior_strength,
+            ds=ds,
+        )
+        for e in ENTITIES
+    }
+    sequences = full_sequences(events, length=agg.sequence_length, ds=ds)
+    return State(daily_counts=daily, stats=stats, sequences=sequences)
+
+
+# --------------------------------------------------------------------------- entry points
 
 
 def partitions(settings: Settings, spec: TableSpec) -> list[dt.date]:
@@ -246,7 +358,7 @@ def partitions(settings: Settings, spec: TableSpec) -> list[dt.date]:
 
 
 def state_days(settings: Settings) -> list[dt.date]:
-    """Days whose silver state is complete (the user stats are written last but one)."""
+    """Days whose silver state is complete (user_behavior is written last)."""
     return partitions(settings, USER_BEHAVIOR)
 
 
@@ -268,66 +380,106 @@ def check_order(settings: Settings, ds: dt.date) -> None:
         )
 
 
+def _state_rows(settings: Settings, ds: dt.date) -> dict[str, int]:
+    agg = settings.aggregate
+    specs = [USER_BEHAVIOR, *[stats_spec(e, agg.windows) for e in ENTITIES]]
+    return {spec.name: delta.partition_rows(settings, spec, ds) for spec in specs}
+
+
 def run_aggregate(spark: SparkSession, settings: Settings, ds: dt.date) -> dict[str, int]:
-    """Aggregate day ``ds``; returns the row count of every written state table."""
+    """Aggregate day ``ds``; returns the row count of every written state table.
+
+    One Delta commit per table and day: the day's partition replaces the old one and, in the
+    same commit, partitions past retention are removed (``snapshot_cut`` / ``daily_cut``).
+    The stats are written before the daily counts, so every table is read and written at
+    the version it had when the run began (no table is read back after this run wrote it);
+    user_behavior is written last: its partition marks the day's state complete.
+    """
     check_order(settings, ds)
     agg = settings.aggregate
     previous_day = ds - dt.timedelta(days=1)
+    leaving_days = [(ds - dt.timedelta(days=w)).isoformat() for w in agg.windows]
     items = lake.as_of(lake.read_table(spark, settings, DIM_ITEMS), "item_id", ds)
     impressions = with_category(
         lake.read_partition(spark, settings, IMPRESSIONS, ds), items
     ).cache()
-    counts: dict[str, int] = {}
+    today = all_daily_counts(impressions).cache()
+    leaving = (
+        lake.read_table(spark, settings, DAILY_COUNTS).where(F.col("ds").isin(leaving_days)).cache()
+    )
     try:
         for entity in ENTITIES:
-            daily_spec = daily_counts_spec(entity)
-            lake.overwrite_partition(daily_counts(impressions, entity), settings, daily_spec, ds)
             stats = stats_spec(entity, agg.windows)
-            leaving = {
-                w: lake.read_partition(spark, settings, daily_spec, ds - dt.timedelta(days=w))
-                for w in agg.windows
-            }
             updated = update_stats(
                 lake.read_partition(spark, settings, stats, previous_day),
-                lake.read_partition(spark, settings, daily_spec, ds),
-                leaving,
+                counts_of(today, entity),
+                counts_of(leaving, entity),
                 entity,
                 windows=agg.windows,
                 prior_ctr=agg.prior_ctr,
                 prior_strength=agg.prior_strength,
                 ds=ds,
             )
-            lake.overwrite_partition(updated, settings, stats, ds)
+            lake.overwrite_partition(
+                updated, settings, stats, ds, drop_before=snapshot_cut(agg, ds)
+            )
+        lake.overwrite_partition(today, settings, DAILY_COUNTS, ds, drop_before=daily_cut(agg, ds))
         sequences = update_sequences(
             lake.read_partition(spark, settings, USER_BEHAVIOR, previous_day),
             behaviors_of_day(impressions),
             length=agg.sequence_length,
             ds=ds,
         )
-        lake.overwrite_partition(sequences, settings, USER_BEHAVIOR, ds)
+        lake.overwrite_partition(
+            sequences, settings, USER_BEHAVIOR, ds, drop_before=snapshot_cut(agg, ds)
+        )
     finally:
-        impressions.unpersist()
-    apply_retention(spark, settings, ds)
-    for spec in [USER_BEHAVIOR, *[stats_spec(e, agg.windows) for e in ENTITIES]]:
-        counts[spec.name] = delta.partition_rows(settings, spec, ds)
+        for frame in (leaving, today, impressions):
+            frame.unpersist()
+    counts = _state_rows(settings, ds)
     log.info("aggregate %s: %s", ds, counts)
     return counts
 
 
-def apply_retention(spark: SparkSession, settings: Settings, ds: dt.date) -> None:
-    """Delete snapshots older than the retention, and daily counts older than every window."""
-    from delta.tables import DeltaTable
+def run_seed_state(spark: SparkSession, settings: Settings, ds: dt.date) -> dict[str, int]:
+    """Bootstrap the state of ``ds`` from the bronze history by one full recomputation.
 
+    For a lake whose bronze (and dim) history was loaded in bulk, or whose state was lost:
+    afterwards ``run_aggregate`` continues with ``ds + 1``. Writes what the daily job would
+    have left: the daily counts of every day ``<= ds`` that retention keeps (older ones are
+    removed), and partition ``ds`` of the stats and of user_behavior (snapshots past
+    retention removed). Earlier snapshots are not recomputed: state before ``ds`` is only
+    what the lake already held. Returns the row counts, like :func:`run_aggregate`.
+    """
+    if ds not in partitions(settings, IMPRESSIONS):
+        raise InputError(
+            f"bronze.impressions has no partition {ds}: ingest the history up to {ds} first."
+        )
     agg = settings.aggregate
-    snapshot_cut = (ds - dt.timedelta(days=agg.snapshot_retention_days)).isoformat()
-    daily_cut = (
-        ds - dt.timedelta(days=max(max(agg.windows), agg.snapshot_retention_days) + 1)
-    ).isoformat()
-    targets = [(USER_BEHAVIOR, snapshot_cut)]
-    targets += [(stats_spec(e, agg.windows), snapshot_cut) for e in ENTITIES]
-    targets += [(daily_counts_spec(e), daily_cut) for e in ENTITIES]
-    for spec, cut in targets:
-        if any(d.isoformat() < cut for d in partitions(settings, spec)):
-            DeltaTable.forPath(spark, str(delta.table_path(settings, spec))).delete(
-                F.col("ds") < cut
+    upto = F.col("ds") <= ds.isoformat()
+    events = history_with_category(
+        lake.read_table(spark, settings, IMPRESSIONS).where(upto),
+        lake.read_table(spark, settings, DIM_ITEMS).where(upto),
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    state = seed_state(events, agg=agg, ds=ds)
+    daily = state.daily_counts.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        for entity in ENTITIES:
+            lake.overwrite_partition(
+                state.stats[entity],
+                settings,
+                stats_spec(entity, agg.windows),
+                ds,
+                drop_before=snapshot_cut(agg, ds),
             )
+        # Every day up to ds is replaced: the recomputed days kept, older ones removed.
+        lake.replace_where(daily, settings, DAILY_COUNTS, f"ds <= '{ds.isoformat()}'")
+        lake.overwrite_partition(
+            state.sequences, settings, USER_BEHAVIOR, ds, drop_before=snapshot_cut(agg, ds)
+        )
+    finally:
+        daily.unpersist()
+        events.unpersist()
+    counts = _state_rows(settings, ds)
+    log.info("seed state %s: %s", ds, counts)
+    return counts

@@ -231,19 +231,25 @@ ENTITIES: dict[str, tuple[str, ...]] = {
 }
 
 
-def daily_counts_spec(entity: str) -> TableSpec:
-    """silver.<entity>_daily_counts: one day's counters per key (the windows' building block)."""
-    keys = ENTITIES[entity]
-    return TableSpec(
-        name=f"silver.{entity}_daily_counts",
-        description=f"Impressions, clicks, carts, purchases per {entity} on day ds.",
-        key=(*keys, "ds"),
-        schema=pa.schema(
-            [_f(k, pa.int64(), False) for k in keys]
-            + [_f(c, pa.int64(), False) for c in COUNTERS]
-            + [_f("ds", pa.string(), False)]
-        ),
-    )
+# Every key column of some entity, in order: the columns of silver.daily_counts.
+COUNT_KEYS: tuple[str, ...] = tuple(dict.fromkeys(k for keys in ENTITIES.values() for k in keys))
+
+DAILY_COUNTS = TableSpec(
+    name="silver.daily_counts",
+    description=(
+        "Impressions, clicks, carts, purchases per key of every entity on day ds: one row per "
+        "entity (user, item, user_category) and key; the entity's key columns are set, the "
+        "others null. The windows' building block; one write per day for all entities."
+    ),
+    key=("entity", *COUNT_KEYS, "ds"),
+    partition_by=("ds", "entity"),
+    schema=pa.schema(
+        [_f("entity", pa.string(), False)]
+        + [_f(k, pa.int64(), True) for k in COUNT_KEYS]
+        + [_f(c, pa.int64(), False) for c in COUNTERS]
+        + [_f("ds", pa.string(), False)]
+    ),
+)
 
 
 def window_columns(windows: list[int]) -> list[str]:

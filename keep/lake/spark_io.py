@@ -92,19 +92,36 @@ def read_days(
     )
 
 
-def overwrite_partition(df: DataFrame, settings: Settings, spec: TableSpec, ds: dt.date) -> None:
+def overwrite_partition(
+    df: DataFrame,
+    settings: Settings,
+    spec: TableSpec,
+    ds: dt.date,
+    *,
+    drop_before: dt.date | None = None,
+) -> None:
     """Replace partition ``ds`` of ``spec`` with ``df`` (which must only hold that day).
 
-    A frame without a ``ds`` column gets ``ds`` set to the day.
+    A frame without a ``ds`` column gets ``ds`` set to the day. ``drop_before``: also remove
+    every partition older than that day, in the same commit (retention without a DELETE).
     """
     if "ds" not in df.columns:
         df = df.withColumn("ds", F.lit(ds.isoformat()))
-    out = conform(df, spec)
+    predicate = f"ds = '{ds.isoformat()}'"
+    if drop_before is not None:
+        predicate += f" OR ds < '{drop_before.isoformat()}'"
+    replace_where(df, settings, spec, predicate)
+
+
+def replace_where(df: DataFrame, settings: Settings, spec: TableSpec, predicate: str) -> None:
+    """Replace the rows of ``spec`` matching ``predicate`` (on partition columns) by ``df``,
+    in one Delta commit; every row of ``df`` must match the predicate."""
     (
-        out.write.format("delta")
+        conform(df, spec)
+        .write.format("delta")
         .mode("overwrite")
         .partitionBy(*spec.partition_by)
-        .option("replaceWhere", f"ds = '{ds.isoformat()}'")
+        .option("replaceWhere", predicate)
         .save(str(table_path(settings, spec)))
     )
 

@@ -9,7 +9,7 @@ and its manifest ``<manifest_root>/<lineage>/<ds>.json``. See docs/knowledge.md.
 items with attributes, counters or a previous vector; user x category pairs with counters or
 a previous vector. A key is *recomputed* (model towers on its state as of the end of ``ds``)
 when it had an impression within the last ``active_window_days`` days ending with ``ds``
-(``silver.<entity>_daily_counts``) or has no vector in the previous snapshot (a brand-new
+(``silver.daily_counts``) or has no vector in the previous snapshot (a brand-new
 lineage recomputes every key); otherwise its previous vector is *carried forward*.
 "Previous snapshot" = the latest snapshot of the same lineage before ``ds``.
 
@@ -55,6 +55,7 @@ import torch
 from keep.core.config import Settings
 from keep.core.errors import InputError
 from keep.core.tables import (
+    DAILY_COUNTS,
     DIM_ITEMS,
     DIM_USERS,
     ENTITIES,
@@ -65,7 +66,6 @@ from keep.core.tables import (
     USER_BEHAVIOR,
     TableSpec,
     check_lineage,
-    daily_counts_spec,
     knowledge_spec,
     stats_spec,
     window_columns,
@@ -142,7 +142,8 @@ def _sources(settings: Settings, ds: dt.date, lineage: str) -> dict[str, list[So
         )
 
     def activity(entity: str) -> Source:
-        return Source(f"{entity}_active", daily_counts_spec(entity), ENTITIES[entity], active)
+        of_entity = active & (pc.field("entity") == entity)
+        return Source(f"{entity}_active", DAILY_COUNTS, ENTITIES[entity], of_entity)
 
     def previous(entity: str) -> Source | None:
         prev = kn.previous_snapshot(settings, entity, lineage, ds)

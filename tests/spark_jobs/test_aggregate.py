@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from keep.core.tables import (
 )
 from keep.lake import delta, raw_format
 from keep.sources import generator
-from spark_jobs.aggregate import run_aggregate
+from spark_jobs.aggregate import run_aggregate, run_seed_state
 from spark_jobs.ingest import run_ingest
 from spark_jobs.samples import run_samples
 from tests.conftest import make_settings
@@ -41,7 +42,7 @@ HISTORY = [EPOCH + dt.timedelta(days=i) for i in range(8)]
 SAMPLE_DAYS = (HISTORY[5], HISTORY[7])
 
 
-def tiny(home: Path) -> Settings:
+def tiny(home: Path, **aggregate: object) -> Settings:
     return make_settings(
         home,
         generator={
@@ -53,7 +54,7 @@ def tiny(home: Path) -> Settings:
             "new_users_per_day": 2,
             "new_items_per_day": 1,
         },
-        aggregate={"windows": WINDOWS, "sequence_length": LENGTH},
+        aggregate={"windows": WINDOWS, "sequence_length": LENGTH, **aggregate},
     )
 
 
@@ -239,10 +240,10 @@ def test_samples_see_exactly_the_state_of_the_day_before(history: Settings) -> N
         )
 
 
-def _tables(settings: Settings) -> dict[str, str]:
+def _tables(settings: Settings, layers: tuple[str, ...] = ("silver", "gold")) -> dict[str, str]:
     """Content of every silver and gold table, order-independent, as JSON per table."""
     out = {}
-    for layer in ("silver", "gold"):
+    for layer in layers:
         for path in sorted((settings.lake.root / layer).iterdir()):
             frame = DeltaTable(str(path)).to_pandas()
             rows = sorted(
@@ -297,3 +298,44 @@ def test_backfill_after_changed_day_equals_fresh_run_and_order_is_enforced(
     with pytest.raises(InputError, match="no partition 2026-01-04"):
         run_aggregate(spark, repaired, HISTORY[3])
     assert delta.table_exists(repaired, USER_BEHAVIOR)
+
+
+def _silver(settings: Settings) -> dict[str, str]:
+    """Every silver table's content (all partitions), order-independent."""
+    return _tables(settings, ("silver",))
+
+
+def _days(settings: Settings, table: str) -> list[str]:
+    return sorted(read(settings, f"silver.{table}")["ds"].unique())
+
+
+@pytest.mark.slow
+def test_seed_equals_the_incremental_path_and_the_next_day_continues_it(
+    spark: SparkSession, history: Settings, tmp_path: Path
+) -> None:
+    """The seed (one full recomputation) leaves exactly the state the daily job leaves.
+
+    Windows 1 and 2 days and no snapshot retention, so that retention removes daily counts
+    and snapshots within a few days: every silver table is then compared whole.
+    """
+    params = {"windows": [1, 2], "snapshot_retention_days": 0}
+    incremental = tiny(tmp_path / "incremental", **params)
+    seeded = tiny(tmp_path / "seeded", **params)
+    for target in (incremental, seeded):
+        for layer in ("bronze", "dim"):  # the history's bronze, ingested once
+            shutil.copytree(history.lake.root / layer, target.lake.root / layer)
+    *built, seed_day, next_day = HISTORY[:6]
+    for ds in [*built, seed_day]:
+        run_aggregate(spark, incremental, ds)
+    run_seed_state(spark, seeded, seed_day)
+
+    assert _silver(seeded) == _silver(incremental)
+    # Retention kept the daily counts of the last 2 + 1 + 1 days and one snapshot.
+    assert _days(seeded, "daily_counts") == [d.isoformat() for d in HISTORY[1:5]]
+    assert _days(seeded, "user_stats") == [seed_day.isoformat()]
+    assert len(read(seeded, USER_BEHAVIOR.name)) > 0
+
+    for settings in (incremental, seeded):
+        run_aggregate(spark, settings, next_day)
+    assert _silver(seeded) == _silver(incremental)
+    assert _days(seeded, "daily_counts") == [d.isoformat() for d in HISTORY[2:6]]

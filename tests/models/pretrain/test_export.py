@@ -22,11 +22,11 @@ from deltalake import DeltaTable, write_deltalake
 
 from keep.core.config import Settings
 from keep.core.tables import (
+    DAILY_COUNTS,
     DIM_ITEMS,
     DIM_USERS,
     USER_BEHAVIOR,
     TableSpec,
-    daily_counts_spec,
     knowledge_spec,
     stats_spec,
     window_columns,
@@ -175,21 +175,14 @@ def write_state(settings: Settings) -> None:
             ],
         )
         counts = {"impressions": 2, "clicks": 1, "carts": 0, "purchases": 0, "ds": day}
+        blank = {"user_id": None, "item_id": None, "category_id": None}
         write(
             settings,
-            daily_counts_spec("user"),
-            [{"user_id": u, **counts} for u in ACTIVE_USERS[ds]],
-        )
-        write(
-            settings,
-            daily_counts_spec("item"),
-            [{"item_id": i, **counts} for i in ACTIVE_ITEMS[ds]],
-        )
-        write(
-            settings,
-            daily_counts_spec("user_category"),
-            [
-                {"user_id": u, "category_id": c, **counts}
+            DAILY_COUNTS,
+            [{**blank, "entity": "user", "user_id": u, **counts} for u in ACTIVE_USERS[ds]]
+            + [{**blank, "entity": "item", "item_id": i, **counts} for i in ACTIVE_ITEMS[ds]]
+            + [
+                {**blank, "entity": "user_category", "user_id": u, "category_id": c, **counts}
                 for u in ACTIVE_USERS[ds]
                 for c in categories_of(u)
             ],
