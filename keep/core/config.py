@@ -70,6 +70,10 @@ class IngestSettings(BaseModel):
     allowed_lateness_minutes: int = 60
     # Impression ids are deduplicated against this many earlier days of bronze.
     dedup_lookback_days: int = 7
+    # Raw bytes of a day per shuffle partition of the ingest job (at least
+    # spark.shuffle_partitions partitions): bounds the rows one task sorts, so the job's
+    # memory does not grow with the day (docs/raw-format.md, "Scale").
+    raw_bytes_per_task: int = 128 * 2**20
 
 
 class ValidationSettings(BaseModel):
