@@ -70,6 +70,10 @@ class IngestSettings(BaseModel):
     allowed_lateness_minutes: int = 60
     # Impression ids are deduplicated against this many earlier days of bronze.
     dedup_lookback_days: int = 7
+    # Raw bytes of a day per shuffle partition of the ingest job (at least
+    # spark.shuffle_partitions partitions): bounds the rows one task sorts, so the job's
+    # memory does not grow with the day (docs/raw-format.md, "Scale").
+    raw_bytes_per_task: int = 128 * 2**20
 
 
 class ValidationSettings(BaseModel):
@@ -135,10 +139,18 @@ class GeneratorSettings(BaseModel):
     # Where the truth (oracle probabilities, latent interests, world.json) is written:
     # never beside the raw logs, so no pipeline stage can read it by accident.
     truth_root: Path = Path("var/truth")
+    # Processes that make a day's impression chunks side by side (a day of more than one
+    # chunk of 500 k impressions only); the files are the same for any number.
+    workers: int = 2
+
+    def world_dump(self) -> dict[str, Any]:
+        """Everything that defines the world: not where its truth is written, nor how many
+        processes write it."""
+        return self.model_dump(mode="json", exclude={"truth_root", "workers"})
 
     def world_id(self) -> str:
-        """Hash of everything that defines the world (not where its truth is written)."""
-        blob = json.dumps(self.model_dump(mode="json", exclude={"truth_root"}), sort_keys=True)
+        """Hash of :meth:`world_dump`: the world's name."""
+        blob = json.dumps(self.world_dump(), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -81,3 +81,13 @@ def partition_files(settings: Settings, spec: TableSpec, ds: dt.date) -> Partiti
             )
             rows += int(n)
     return PartitionFiles(paths, rows, plain_parquet=table.protocol().min_reader_version == 1)
+
+
+def partition_days(settings: Settings, spec: TableSpec) -> set[str]:
+    """The ``ds`` values of the table's live files, from the Delta log (no JVM, no scan)."""
+    from deltalake import DeltaTable
+
+    if not table_exists(settings, spec):
+        return set()
+    actions = pa.table(DeltaTable(str(table_path(settings, spec))).get_add_actions(flatten=True))
+    return {d for d in actions.column("partition.ds").to_pylist() if d is not None}

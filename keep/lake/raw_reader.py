@@ -70,8 +70,9 @@ def _read_parquet(spark: SparkSession, path: Path, fields: tuple[str, ...]) -> D
 
 
 def _empty(spark: SparkSession, fields: tuple[str, ...]) -> DataFrame:
-    schema = "_raw STRING, " + ", ".join(f"`{f}` STRING" for f in fields) + ", _malformed BOOLEAN"
-    return spark.createDataFrame([], schema)
+    """No rows, the reader's columns (built in the JVM: no Python worker starts for it)."""
+    text = [F.lit(None).cast("string").alias(f) for f in ("_raw", *fields)]
+    return spark.range(0).select(*text, F.lit(False).alias("_malformed"))
 
 
 def read_raw(spark: SparkSession, files: list[Path], fields: tuple[str, ...]) -> DataFrame:

@@ -22,7 +22,7 @@ from keep.core.tables import DIM_ITEMS, DIM_USERS, IMPRESSIONS, INGEST_AUDIT, QU
 from keep.lake import delta, raw_format
 from keep.lake import spark_io as lake
 from keep.sources import generator
-from spark_jobs.ingest import run_ingest
+from spark_jobs.ingest import run_ingest, shuffle_partitions
 
 D1 = dt.date(2026, 1, 1)
 D2 = dt.date(2026, 1, 2)
@@ -166,6 +166,88 @@ def test_duplicates_within_day_and_against_earlier_days(
     assert not set(stored.index) & {r["impression_id"] for r in replayed}
     audit = delta_frame(settings, INGEST_AUDIT, D2).set_index("source")
     assert audit.loc["impressions", "rows_in"] == len(lines)
+
+
+def impression(iid: str | None, time: str, click: int = 0, cart: int = 0, **extra: object) -> str:
+    row = {"impression_id": iid, "user_id": 7, "item_id": 9, "event_time": f"2026-01-01T{time}Z"}
+    row |= {"scenario": "feed", "position": 0, "click": click, "cart": cart, "purchase": 0}
+    return json.dumps({k: v for k, v in (row | extra).items() if v is not None})
+
+
+@pytest.mark.slow
+def test_copies_rank_by_funnel_then_time_then_file_and_invalid_copies_never_compete(
+    spark: SparkSession, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = raw_format.day_dir(settings, "impressions", D1)
+    folder.mkdir(parents=True)
+    a = [
+        impression("funnel", "10:00:00", click=0),
+        impression("time", "10:05:00", click=1),
+        impression("exact", "11:00:00"),
+        impression("exact", "11:00:00"),
+        impression("file", "12:00:00", click=1),
+        impression("mixed", "13:00:00", click=2),  # invalid: out_of_range_click
+        impression("bad", "14:00:00", cart=1),  # invalid twice: cart_without_click
+        impression("bad", "14:00:00", cart=1),
+        *[impression(None, f"15:00:0{i}") for i in range(3)],  # no id: null_impression_id
+    ]
+    b = [
+        impression("funnel", "10:07:00", click=1, cart=1),  # further down the funnel
+        impression("time", "10:01:00", click=1),  # same funnel step, earlier
+        impression("file", "12:00:00", click=1, position=3),  # same step and time: a wins
+        impression("mixed", "13:00:00", click=1),
+    ]
+    (folder / "a.jsonl").write_text("".join(line + "\n" for line in a))
+    (folder / "b.jsonl").write_text("".join(line + "\n" for line in b))
+    user = {"user_id": 1, "gender": "F", "age_level": 3, "purchase_power": 1}
+    users = raw_format.day_dir(settings, "users", D1)
+    users.mkdir(parents=True)
+    (users / "a.jsonl").write_text(
+        json.dumps(user) + "\n" + json.dumps({"user_id": 2, "gender": None}) + "\n"
+    )
+    (users / "b.jsonl").write_text(
+        json.dumps(user | {"age_level": None}) + "\n" + json.dumps({"user_id": 2}) + "\n"
+    )
+
+    with caplog.at_level("INFO", logger="spark_jobs.ingest"):
+        counts = run_ingest(spark, settings, D1)
+
+    imp = counts["impressions"]
+    assert imp.rows_in == len(a) + len(b)
+    # Stored: funnel, time, exact, file, mixed; quarantined: mixed (a), bad x2, no id x3.
+    assert (imp.rows_stored, imp.rows_quarantined) == (5, 6)
+    # Within-day duplicates: funnel, time, exact, file (the invalid copies do not count);
+    # conflicting: funnel, time, file (the exact copy agrees with the one kept).
+    assert (imp.duplicates_within_day, imp.conflicting_duplicates) == (4, 3)
+    stored = delta_frame(settings, IMPRESSIONS, D1).set_index("impression_id")
+    assert sorted(stored.index) == ["exact", "file", "funnel", "mixed", "time"]
+    assert stored.loc["funnel", ["click", "cart"]].tolist() == [1, 1]
+    assert stored.loc["time", "event_time"] == pd.Timestamp("2026-01-01T10:01:00Z")
+    assert stored.loc["file", "position"] == 0
+    assert stored.loc["mixed", "click"] == 1
+    quarantine = delta_frame(settings, QUARANTINE, D1)
+    expected = sorted([a[5], a[6], a[7], *a[8:]])
+    assert sorted(quarantine["raw"]) == expected, "every invalid line, each copy, as received"
+    assert quarantine.groupby("reason").size().to_dict() == {
+        "out_of_range_click": 1,
+        "cart_without_click": 2,
+        "null_impression_id": 3,
+    }
+    # Dimensions: the last copy in file order wins; a missing value is a value.
+    usr = counts["users"]
+    assert (usr.rows_stored, usr.duplicates_within_day, usr.conflicting_duplicates) == (2, 2, 1)
+    dim = delta_frame(settings, DIM_USERS, D1).set_index("user_id")
+    assert pd.isna(dim.loc[1, "age_level"]) and dim.loc[1, "gender"] == "F"
+    assert any("5 Delta commits" in r.getMessage() for r in caplog.records)
+
+
+def test_shuffle_partitions_grow_with_the_day(settings: Settings) -> None:
+    settings.ingest.raw_bytes_per_task = 100
+    floor = settings.spark.shuffle_partitions
+    assert shuffle_partitions(settings, 0) == floor
+    assert shuffle_partitions(settings, 100 * floor) == floor
+    assert shuffle_partitions(settings, 100 * floor + 1) == floor + 1
+    assert shuffle_partitions(settings, 100 * 50) == 50
 
 
 # --------------------------------------------------------------------------- reruns

@@ -143,3 +143,37 @@ def test_same_seed_same_files(tmp_path: Path) -> None:
     assert _digest(tmp_path / "a" / "var") == _digest(tmp_path / "b" / "var")
     assert _digest(tmp_path / "a" / "var") != _digest(tmp_path / "c" / "var")
     assert a.generator.world_id() != c.generator.world_id()
+
+
+def test_chunks_made_by_several_processes_give_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small chunks, so that a small day has several (each chunk is its own random stream).
+    monkeypatch.setattr(generator, "CHUNK", 1_000)
+    one = world_settings(tmp_path / "one", impressions_per_day=3_500, workers=1)
+    two = world_settings(tmp_path / "two", impressions_per_day=3_500, workers=2)
+    paths = {s.generator.workers: generator.write_day(s, DAYS[1]) for s in (one, two)}
+    assert _digest(tmp_path / "one" / "var") == _digest(tmp_path / "two" / "var")
+    # The file holds pandas' own JSON lines of the day's rows, in impression id order.
+    raw, _ = generator.impressions_for_day(one, DAYS[1])
+    assert len(raw) == 3_500 and raw["impression_id"].is_monotonic_increasing
+    expected = raw.to_json(orient="records", lines=True).encode()
+    assert paths[2]["impressions"].read_bytes() == expected
+    # The worker count is not part of the world.
+    assert one.generator.world_id() == two.generator.world_id()
+
+
+def test_jsonl_bytes_is_pandas_json_lines() -> None:
+    plain = pd.DataFrame(
+        {"id": ["a-1", "b 2"], "n": np.array([3, -40], dtype=np.int64), "t": ["x", "y"]}
+    )
+    tricky = [
+        plain.assign(t=['q"uote', "sl/ash"]),  # characters pandas escapes
+        plain.assign(t=["caf\u00e9", "tab\there"]),
+        plain.assign(t=[None, "y"]),
+        plain.assign(n=[0.5, 1.0]),
+        plain.assign(n=[True, False]),
+        plain.iloc[:0],
+    ]
+    for df in [plain, *tricky]:
+        assert generator.jsonl_bytes(df) == df.to_json(orient="records", lines=True).encode()
