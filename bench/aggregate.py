@@ -1,6 +1,6 @@
 """Benchmark: the real incremental aggregation of a new day after 60 vs 5 days of history.
 
-    .venv/bin/python bench/aggregate.py                                  # defaults (~TBD min)
+    .venv/bin/python bench/aggregate.py                                  # defaults (~15 min on 2 cores)
     .venv/bin/python bench/aggregate.py --days 8 --impressions 20000     # a quick check
     .venv/bin/python bench/aggregate.py --help                           # every option
 
