@@ -83,13 +83,28 @@ def delta_commits(home: Path) -> list[float]:
     return times
 
 
-def measure(size: int, out: Path) -> None:
+def measure(size: int, out: Path, *, server: bool) -> None:
     """Run in a child whose environment configures KEEP (see ``main``)."""
     from keep.core.config import load_settings
+    from keep.flows import pipeline
+    from keep.lake import spark_server
+
+    settings = pipeline.with_demo_mode(load_settings(), True)
+    if server:
+        began = time.perf_counter()
+        running = spark_server.start(settings, spark_server.server_dir(settings))
+        settings = spark_server.with_remote(settings, running)
+        print(f"Spark server {running.url} started in {time.perf_counter() - began:.1f} s")
+    try:
+        _measure(settings, size, out)
+    finally:
+        spark_server.stop_dir(spark_server.server_dir(settings))
+
+
+def _measure(settings: Any, size: int, out: Path) -> None:
     from keep.flows import downstream, pipeline
     from keep.flows.airflow_env import DOWNSTREAM_DAG_ID, dags_test, task_instances
 
-    settings = pipeline.with_demo_mode(load_settings(), True)
     history, day = EPOCH, EPOCH + dt.timedelta(days=1)
     began = time.perf_counter()
     first = pipeline.run_day_airflow(settings, history)
@@ -151,12 +166,18 @@ def main() -> None:
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[DEMO_IMPRESSIONS, 1_000_000])
     parser.add_argument("--keep-home", action="store_true", help="keep the temporary homes")
+    parser.add_argument(
+        "--no-server",
+        action="store_true",
+        help="no Spark server: each run's Spark steps start a Spark of their own (the "
+        "default of a process without spark.remote)",
+    )
     parser.add_argument("--phase", choices=["measure"], help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase == "measure":
-        measure(args.size, args.out)
+        measure(args.size, args.out, server=not args.no_server)
         return
     report: dict[str, Any] = {"sizes": [], "total_s": [], "by_step": {}, "per_size": {}}
     began = time.perf_counter()
@@ -183,6 +204,7 @@ def main() -> None:
         out = home / "figures.json"
         try:
             cmd = [PYTHON, __file__, "--phase", "measure", "--size", str(size), "--out", str(out)]
+            cmd += ["--no-server"] if args.no_server else []
             subprocess.run(cmd, env=env, cwd=home, check=True)
             figures = json.loads(out.read_text())
         finally:
@@ -193,6 +215,7 @@ def main() -> None:
         report["by_step"][str(size)] = figures.pop("by_step")
         report["per_size"][str(size)] = figures
     report["bench_wall_s"] = round(time.perf_counter() - began)
+    report["spark_server"] = not args.no_server
     report["python"] = sys.version.split()[0]
     write_report("daily", report)
 

@@ -220,7 +220,9 @@ def behaviors_of_day(impressions: DataFrame) -> DataFrame:
     )
     event = F.struct(
         *[
-            (kind if f.name == "behavior_type" else F.col(f.name)).cast(f.dataType).alias(f.name)
+            (kind if f.name == "behavior_type" else F.col(f.name))
+            .cast(f.dataType.simpleString())
+            .alias(f.name)
             for f in _BEHAVIOR.fields
         ]
     )
@@ -255,7 +257,7 @@ def update_sequences(
     at most ``length`` long), so only the day's active users are re-sorted.
     """
     joined = previous.select("user_id", "behaviors").join(today, on="user_id", how="full_outer")
-    empty = F.array().cast(T.ArrayType(_BEHAVIOR))
+    empty = F.array().cast(T.ArrayType(_BEHAVIOR).simpleString())
     merged = F.array_sort(
         F.concat(F.coalesce(F.col("behaviors"), empty), F.coalesce(F.col("today"), empty))
     )

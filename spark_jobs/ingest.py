@@ -54,6 +54,7 @@ from keep.core.tables import (
 )
 from keep.lake import delta, raw_format, raw_reader
 from keep.lake import spark_io as lake
+from keep.lake.spark import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +347,7 @@ def audit(classified: DataFrame, source: str) -> DataFrame:
 
 def audit_frame(spark: SparkSession, counts: Iterable[SourceCounts], ds: dt.date) -> DataFrame:
     """The audit rows as a DataFrame of literals (built in the JVM: no Python worker)."""
-    types = {f.name: lake.spark_type(f.type) for f in INGEST_AUDIT.schema}
+    types = {f.name: lake.ddl(f.type) for f in INGEST_AUDIT.schema}
     fields = list(SourceCounts.__dataclass_fields__)
     rows = [
         F.struct(*[F.lit(getattr(c, name)).cast(types[name]).alias(name) for name in fields])
@@ -390,7 +391,10 @@ def shuffle_partitions(settings: Settings, raw_bytes: int) -> int:
 
 
 def _job_ids(spark: SparkSession) -> list[int]:
-    """Ids of the Spark jobs run in this thread's job group (None: no group), for the log."""
+    """Ids of the Spark jobs run in this thread's job group (None: no group), for the log;
+    none on a Spark Connect session (its jobs run in the server)."""
+    if is_remote(spark):
+        return []
     sc = spark.sparkContext
     return list(sc.statusTracker().getJobIdsForGroup(sc.getLocalProperty("spark.jobGroup.id")))
 

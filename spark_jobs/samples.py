@@ -81,7 +81,7 @@ def build_samples(
     for prefix in STAT_PREFIX.values():
         for col in window_columns(windows):
             fills[prefix + col] = prior_ctr if col.startswith("ctr_") else 0
-    empty = F.array().cast(lake.spark_type(pa.list_(BEHAVIOR)))
+    empty = F.array().cast(lake.ddl(pa.list_(BEHAVIOR)))
     return (
         rows.na.fill(fills)  # type: ignore[arg-type]
         .withColumn("behaviors", F.coalesce(F.col("behaviors"), empty))

@@ -40,6 +40,10 @@ class SparkSettings(BaseModel):
     """Where and how Spark runs. The same code scales out by changing ``master`` only."""
 
     master: str = "local[2]"
+    # A Spark Connect server (``sc://host:port``) to run every job on instead of a Spark of
+    # this process's own: one long-lived, warm JVM for every task of every day
+    # (``keep spark-server``; docs/operations.md). Unset: each process starts its own Spark.
+    remote: str | None = None
     app_name: str = "keep"
     driver_memory: str = "2g"
     # 2 cores: a handful of shuffle partitions; at scale, raise to ~2-3x total cores.

@@ -432,6 +432,53 @@ def redis_stop(
     out.print("stopped" if stopped else f"no redis-server running for {directory}")
 
 
+spark_server = typer.Typer(
+    help="A long-lived Spark Connect server: one warm Spark for every step's jobs "
+    "(docs/operations.md, 'The Spark server')."
+)
+app.add_typer(spark_server, name="spark-server")
+
+
+@spark_server.command("start")
+@_friendly
+def spark_server_start(
+    port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None,
+) -> None:
+    """Start the server with the settings' Spark configuration (master, heap, Delta) on
+    127.0.0.1; prints the URL to set as KEEP_SPARK__REMOTE (or spark.remote)."""
+    from keep.lake import spark_server as server_mod
+
+    settings = load_settings()
+    server = server_mod.start(settings, server_mod.server_dir(settings), port=port)
+    out.print(f"Spark server pid {server.pid}: {server.url}")
+    out.print(f"export KEEP_SPARK__REMOTE={server.url}")
+
+
+@spark_server.command("status")
+@_friendly
+def spark_server_status() -> None:
+    """Whether the server of this KEEP home runs, its URL and log."""
+    from keep.lake import spark_server as server_mod
+
+    directory = server_mod.server_dir(load_settings())
+    server = server_mod.running(directory)
+    if server is None:
+        out.print(f"no Spark server running for {directory}")
+        raise typer.Exit(code=1)
+    out.print(f"Spark server pid {server.pid}: {server.url} (log {directory / 'server.log'})")
+
+
+@spark_server.command("stop")
+@_friendly
+def spark_server_stop() -> None:
+    """Stop the server of this KEEP home (by its PID)."""
+    from keep.lake import spark_server as server_mod
+
+    directory = server_mod.server_dir(load_settings())
+    stopped = server_mod.stop_dir(directory)
+    out.print("stopped" if stopped else f"no Spark server running for {directory}")
+
+
 models = typer.Typer(
     help="The downstream model registry: versions, the live one, promotion and rollback "
     "(docs/downstream.md, 'Model registry').",

@@ -88,8 +88,20 @@ def spark_conf(settings: Settings) -> dict[str, str]:
     return conf
 
 
+def is_remote(spark: SparkSession) -> bool:
+    """Whether ``spark`` is a Spark Connect session (no JVM, no SparkContext here)."""
+    return not hasattr(spark, "_jsc")
+
+
 def get_spark(settings: Settings) -> SparkSession:
-    """Return the process's SparkSession (created on first call) configured for Delta."""
+    """Return the process's SparkSession (created on first call) configured for Delta.
+
+    With ``spark.remote`` set, a Spark Connect session to that server (which was started
+    with this same configuration, see ``keep.lake.spark_server``): no JVM in this process.
+    """
+    if settings.spark.remote:
+        session = SparkSession.builder.remote(settings.spark.remote).getOrCreate()
+        return session
     check_java()
     # Python workers (and, on a cluster, executors) run this very interpreter.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

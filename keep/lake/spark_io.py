@@ -46,15 +46,30 @@ def spark_schema(spec: TableSpec) -> T.StructType:
     )
 
 
+def ddl(dtype: pa.DataType) -> str:
+    """The Spark SQL type name (DDL) of a lake column's pyarrow type, for casts and schemas.
+
+    Casts and schemas are given by name, not as ``DataType`` objects: over Spark Connect a
+    ``StringType()`` object arrives with its collation spelled out, and a table created from
+    it records ``string collate UTF8_BINARY``, which other Delta readers (delta-rs) refuse.
+    """
+    return spark_type(dtype).simpleString()
+
+
+def schema_ddl(spec: TableSpec) -> str:
+    """The table's schema as a DDL column list (```name` type, ...``), see :func:`ddl`."""
+    return ", ".join(f"`{f.name}` {ddl(f.type)}" for f in spec.schema)
+
+
 def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
     """Select and cast ``df`` to exactly the table's columns, in order."""
-    return df.select(*[F.col(f.name).cast(spark_type(f.type)).alias(f.name) for f in spec.schema])
+    return df.select(*[F.col(f.name).cast(ddl(f.type)).alias(f.name) for f in spec.schema])
 
 
 def read_table(spark: SparkSession, settings: Settings, spec: TableSpec) -> DataFrame:
     """The whole table, or an empty frame with its schema if it was never written."""
     if not table_exists(settings, spec):
-        return spark.createDataFrame([], spark_schema(spec))
+        return spark.createDataFrame([], schema_ddl(spec))
     return spark.read.format("delta").load(str(table_path(settings, spec)))
 
 
@@ -75,9 +90,9 @@ def read_files(
     if not files.plain_parquet:
         return read_partition(spark, settings, spec, ds)
     if not files.paths:
-        return spark.createDataFrame([], spark_schema(spec))
+        return spark.createDataFrame([], schema_ddl(spec))
     return (
-        spark.read.schema(spark_schema(spec))
+        spark.read.schema(schema_ddl(spec))
         .option("basePath", str(table_path(settings, spec)))
         .parquet(*[str(p) for p in files.paths])
     )
