@@ -58,6 +58,18 @@ class PartitionFiles:
 
 def partition_files(settings: Settings, spec: TableSpec, ds: dt.date) -> PartitionFiles:
     """Files and row count of partition ``ds`` (one read of the log, no JVM, no scan)."""
+    return table_files(settings, spec, first=ds, last=ds)
+
+
+def table_files(
+    settings: Settings,
+    spec: TableSpec,
+    *,
+    first: dt.date | None = None,
+    last: dt.date | None = None,
+) -> PartitionFiles:
+    """Files and row count of the partitions ``first <= ds <= last`` (either bound may be
+    None: unbounded) at the table's latest version: one read of the log, no JVM, no scan."""
     from deltalake import DeltaTable
 
     if not table_exists(settings, spec):
@@ -65,7 +77,8 @@ def partition_files(settings: Settings, spec: TableSpec, ds: dt.date) -> Partiti
     root = table_path(settings, spec)
     table = DeltaTable(str(root))
     actions = pa.table(table.get_add_actions(flatten=True))
-    day = ds.isoformat()
+    low = first.isoformat() if first else None
+    high = last.isoformat() if last else None
     paths: list[Path] = []
     rows = 0
     for path, n, part in zip(
@@ -74,7 +87,7 @@ def partition_files(settings: Settings, spec: TableSpec, ds: dt.date) -> Partiti
         actions.column("partition.ds").to_pylist(),
         strict=True,
     ):
-        if part == day:
+        if (low is None or part >= low) and (high is None or part <= high):
             # Relative URIs (percent-encoded) under the table, or absolute ones.
             paths.append(
                 Path(unquote(urlparse(path).path)) if "://" in path else root / unquote(path)

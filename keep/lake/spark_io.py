@@ -16,7 +16,7 @@ from pyspark.sql.window import Window
 
 from keep.core.config import Settings
 from keep.core.tables import TableSpec
-from keep.lake.delta import PartitionFiles, table_exists, table_path
+from keep.lake.delta import PartitionFiles, table_files, table_path
 
 
 def spark_type(dtype: pa.DataType) -> T.DataType:
@@ -68,42 +68,57 @@ def conform(df: DataFrame, spec: TableSpec) -> DataFrame:
 
 def read_table(spark: SparkSession, settings: Settings, spec: TableSpec) -> DataFrame:
     """The whole table, or an empty frame with its schema if it was never written."""
-    if not table_exists(settings, spec):
-        return spark.createDataFrame([], schema_ddl(spec))
-    return spark.read.format("delta").load(str(table_path(settings, spec)))
+    return _read_logged(spark, settings, spec, None, None)
 
 
 def read_partition(
     spark: SparkSession, settings: Settings, spec: TableSpec, ds: dt.date
 ) -> DataFrame:
-    return read_table(spark, settings, spec).where(F.col("ds") == ds.isoformat())
+    return _read_logged(spark, settings, spec, ds, ds)
+
+
+def read_days(
+    spark: SparkSession, settings: Settings, spec: TableSpec, first: dt.date, last: dt.date
+) -> DataFrame:
+    """Partitions ``first <= ds <= last`` (only their files are read)."""
+    return _read_logged(spark, settings, spec, first, last)
+
+
+def _read_logged(
+    spark: SparkSession,
+    settings: Settings,
+    spec: TableSpec,
+    first: dt.date | None,
+    last: dt.date | None,
+) -> DataFrame:
+    """Partitions ``first <= ds <= last`` (None: unbounded) as the Parquet files the Delta
+    log lists for them (:func:`keep.lake.delta.table_files`, read without a JVM): one Spark
+    job, where Delta's own read first computes the table's snapshot and lists its files
+    with four or five Spark jobs per table. Tables whose files are not plain Parquet
+    (deletion vectors, column mapping) are read through Delta."""
+    files = table_files(settings, spec, first=first, last=last)
+    if files.plain_parquet:
+        return read_files(spark, settings, spec, files)
+    df = spark.read.format("delta").load(str(table_path(settings, spec)))
+    if first is not None:
+        df = df.where(F.col("ds") >= first.isoformat())
+    if last is not None:
+        df = df.where(F.col("ds") <= last.isoformat())
+    return df
 
 
 def read_files(
-    spark: SparkSession, settings: Settings, spec: TableSpec, ds: dt.date, files: PartitionFiles
+    spark: SparkSession, settings: Settings, spec: TableSpec, files: PartitionFiles
 ) -> DataFrame:
-    """Partition ``ds`` read as the Parquet files the Delta log lists for it
-    (:func:`keep.lake.delta.partition_files`): one Spark job, where Delta's own read first
-    computes the table's snapshot and lists its files with Spark jobs (four in a fresh
-    session). Tables whose files are not plain Parquet (deletion vectors, column mapping)
-    are read through Delta."""
-    if not files.plain_parquet:
-        return read_partition(spark, settings, spec, ds)
+    """The rows of ``files`` (plain Parquet files of ``spec`` listed by its Delta log), with
+    the partition column ``ds`` from their paths; empty with the table's schema when there
+    are none."""
     if not files.paths:
         return spark.createDataFrame([], schema_ddl(spec))
     return (
         spark.read.schema(schema_ddl(spec))
         .option("basePath", str(table_path(settings, spec)))
         .parquet(*[str(p) for p in files.paths])
-    )
-
-
-def read_days(
-    spark: SparkSession, settings: Settings, spec: TableSpec, first: dt.date, last: dt.date
-) -> DataFrame:
-    """Partitions ``first <= ds <= last`` (partition pruning keeps this O(days read))."""
-    return read_table(spark, settings, spec).where(
-        F.col("ds").between(first.isoformat(), last.isoformat())
     )
 
 

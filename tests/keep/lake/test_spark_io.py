@@ -42,17 +42,25 @@ def test_read_files_reads_the_partition_as_delta_does(
     assert files.paths and all(
         p.is_file() and p.parent.name == "ds=2026-01-02" for p in files.paths
     )
-    day = lake.read_files(spark, settings, DIM_USERS, D2, files)
+    day = lake.read_files(spark, settings, DIM_USERS, files)
     assert users(day) == [
         (6, "2026-01-02"),
         (7, "2026-01-02"),
         (8, "2026-01-02"),
         (9, "2026-01-02"),
     ]
-    assert users(day) == users(lake.read_partition(spark, settings, DIM_USERS, D2))
+    through_delta = spark.read.format("delta").load(str(delta.table_path(settings, DIM_USERS)))
+    assert users(day) == users(through_delta.where("ds = '2026-01-02'"))
+    assert users(lake.read_partition(spark, settings, DIM_USERS, D2)) == users(day)
+    assert users(lake.read_table(spark, settings, DIM_USERS)) == users(through_delta)
+    assert users(lake.read_days(spark, settings, DIM_USERS, D1, D1)) == [
+        (1, "2026-01-01"),
+        (2, "2026-01-01"),
+        (3, "2026-01-01"),
+    ]
     empty = dt.date(2026, 1, 3)
     nothing = lake.read_files(
-        spark, settings, DIM_USERS, empty, delta.partition_files(settings, DIM_USERS, empty)
+        spark, settings, DIM_USERS, delta.partition_files(settings, DIM_USERS, empty)
     )
     assert nothing.count() == 0 and set(nothing.columns) == set(lake.spark_schema(DIM_USERS).names)
 
@@ -72,5 +80,5 @@ def test_tables_with_deletion_vectors_are_read_through_delta(
     files = delta.partition_files(settings, DIM_USERS, D1)
 
     assert not files.plain_parquet
-    day = lake.read_files(spark, settings, DIM_USERS, D1, files)
+    day = lake.read_partition(spark, settings, DIM_USERS, D1)
     assert users(day) == [(1, "2026-01-01"), (3, "2026-01-01")]
