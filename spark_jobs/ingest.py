@@ -484,8 +484,11 @@ def run_ingest(spark: SparkSession, settings: Settings, ds: dt.date) -> dict[str
     names = SourceCounts.__dataclass_fields__
     counts = {r["source"]: SourceCounts(**{k: r[k] for k in names}) for r in rows}
     lake.overwrite_partition(audit_frame(spark, counts.values(), ds), settings, INGEST_AUDIT, ds)
-    jobs = sum(1 for job in _job_ids(spark) if job > jobs_before)
-    log.info("ingest %s: %d Delta commits, %d Spark jobs", ds, len(targets) + 2, jobs)
+    if is_remote(spark):
+        log.info("ingest %s: %d Delta commits (on the Spark server)", ds, len(targets) + 2)
+    else:
+        jobs = sum(1 for job in _job_ids(spark) if job > jobs_before)
+        log.info("ingest %s: %d Delta commits, %d Spark jobs", ds, len(targets) + 2, jobs)
     for c in counts.values():
         log.info(
             "ingest %s %s: in=%d stored=%d quarantined=%d duplicates=%d",
