@@ -193,6 +193,10 @@ class AirflowSettings(BaseModel):
     # A running task whose heartbeat stops this long (its process died) is failed by the
     # scheduler, then retried.
     heartbeat_timeout_s: int = 120
+    # `keep airflow up` also starts a Spark server (keep.lake.spark_server) and the tasks run
+    # their Spark jobs on it: one warm JVM instead of one JVM start per Spark task. Ignored
+    # when spark.remote already names a server. False: every task starts its own Spark.
+    spark_server: bool = True
 
 
 class AggregateSettings(BaseModel):

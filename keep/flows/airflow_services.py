@@ -48,10 +48,13 @@ from keep.flows.airflow_env import (
     database_url_file,
     init_airflow,
 )
+from keep.lake import spark_server
 from keep.store import postgres_server
 
 # Started in this order, stopped in this order (the scheduler first: no new task starts).
 SERVICES = ("scheduler", "dag-processor", "api-server")
+# Started first (the tasks' environment names it), stopped after the scheduler.
+SPARK_SERVER = "spark-server"
 # The API server alone against the SQLite DB of `airflow dags test` (see api_server).
 EMBEDDED_API = "api-server-embedded"
 _HEALTHY = ("metadatabase", "scheduler", "dag_processor")
@@ -116,6 +119,15 @@ def pid_file(settings: Settings, name: str) -> Path:
 
 def log_file(settings: Settings, name: str) -> Path:
     return settings.airflow.home / "logs" / f"{name}.log"
+
+
+def spark_dir(settings: Settings) -> Path:
+    """The services' Spark server's folder (log, state), when ``airflow.spark_server``."""
+    return settings.airflow.home / "spark-server"
+
+
+def _own_spark_server(settings: Settings) -> bool:
+    return settings.airflow.spark_server and not settings.spark.remote
 
 
 def postgres_dir(settings: Settings) -> Path:
@@ -290,8 +302,15 @@ def up(settings: Settings, *, timeout_s: float = 300.0) -> ServicesStatus:
     """
     own_db = not settings.airflow.database_url
     db_was_running = own_db and postgres_server.running(postgres_dir(settings)) is not None
+    own_spark = _own_spark_server(settings)
+    spark_was_running = own_spark and spark_server.running(spark_dir(settings)) is not None
     started: list[str] = []
     try:
+        if own_spark:
+            server = spark_server.start(settings, spark_dir(settings))
+            settings = spark_server.with_remote(settings, server)
+            if not spark_was_running:
+                started.append(SPARK_SERVER)
         write_secret(database_url_file(settings), _database_url(settings))
         migrated = init_airflow(settings, services=True, timeout=timeout_s)
         for name in SERVICES:
@@ -301,9 +320,12 @@ def up(settings: Settings, *, timeout_s: float = 300.0) -> ServicesStatus:
         health = _wait_healthy(settings, SERVICES, timeout_s=timeout_s)
     except BaseException:
         for name in started:
-            _stop(settings, name)
+            if name != SPARK_SERVER:
+                _stop(settings, name)
         if own_db and not db_was_running:
             postgres_server.stop_dir(postgres_dir(settings))
+        if own_spark and not spark_was_running:
+            spark_server.stop_dir(spark_dir(settings))
         raise
     return ServicesStatus(
         api_url=api_url(settings),
@@ -389,6 +411,8 @@ def down(settings: Settings, *, grace_s: float = _STOP_GRACE_S) -> list[str]:
     that way is failed by the next scheduler (``airflow.heartbeat_timeout_s``) and retried.
     """
     stopped = [name for name in SERVICES if _stop(settings, name, grace_s=grace_s)]
+    if spark_server.stop_dir(spark_dir(settings)):
+        stopped.append(SPARK_SERVER)
     if postgres_server.stop_dir(postgres_dir(settings)):
         stopped.append("postgres")
     return stopped
@@ -403,6 +427,17 @@ def _statuses(settings: Settings, *, clean: bool) -> list[ProcessStatus]:
         if stale and clean:
             pid_file(settings, name).unlink(missing_ok=True)
         result.append(ProcessStatus(name, pid, alive, stale, log_file(settings, name)))
+    if _own_spark_server(settings):
+        directory = spark_dir(settings)
+        state = directory / spark_server.STATE_FILE
+        server = spark_server.running(directory)
+        stale = server is None and state.is_file()
+        if stale and clean:
+            state.unlink(missing_ok=True)
+        pid = server.pid if server else None
+        result.append(
+            ProcessStatus(SPARK_SERVER, pid, server is not None, stale, directory / "server.log")
+        )
     if not settings.airflow.database_url:
         directory = postgres_dir(settings)
         pg_pid_file = directory / postgres_server.PID_FILE

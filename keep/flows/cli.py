@@ -7,6 +7,7 @@ the Airflow DAG calls). Settings come from ``keep.yaml`` / ``KEEP_*`` variables;
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import logging
@@ -434,7 +435,7 @@ def redis_stop(
 
 spark_server = typer.Typer(
     help="A long-lived Spark Connect server: one warm Spark for every step's jobs "
-    "(docs/operations.md, 'The Spark server')."
+    "(docs/airflow.md, 'The Spark server')."
 )
 app.add_typer(spark_server, name="spark-server")
 
@@ -749,6 +750,16 @@ def run(
             "airflow: run each day through the real DAG with `airflow dags test`.",
         ),
     ] = Via.local,
+    spark_server: Annotated[
+        bool | None,
+        typer.Option(
+            "--spark-server/--no-spark-server",
+            help="Run the days' Spark steps on one long-lived Spark server (started for the "
+            "run and stopped after it, unless spark.remote names one). Default: on with "
+            "--via airflow (each day is a new process), off with --via local (this process "
+            "keeps its Spark across days).",
+        ),
+    ] = None,
 ) -> None:
     """Run the daily pipeline for a range of days, in order, and summarise it.
 
@@ -767,18 +778,24 @@ def run(
     span = days(first, last)
     results: list[pipeline.DayResult] = []
     began = time.monotonic()
-    with _progress() as progress:
-        task = progress.add_task("run", total=len(span))
-        for ds in span:
-            progress.update(task, description=f"day {ds}")
-            if via is Via.airflow:
-                result = pipeline.run_day_airflow(settings, ds)
-            else:
-                result = pipeline.run_day(settings, ds)
-            results.append(result)
-            progress.update(task, advance=1)
-            if not result.ok:
-                break
+    use_server = via is Via.airflow if spark_server is None else spark_server
+    with contextlib.ExitStack() as stack:
+        if use_server:
+            from keep.lake.spark_server import serving
+
+            settings = stack.enter_context(serving(settings))
+        with _progress() as progress:
+            task = progress.add_task("run", total=len(span))
+            for ds in span:
+                progress.update(task, description=f"day {ds}")
+                if via is Via.airflow:
+                    result = pipeline.run_day_airflow(settings, ds)
+                else:
+                    result = pipeline.run_day(settings, ds)
+                results.append(result)
+                progress.update(task, advance=1)
+                if not result.ok:
+                    break
     out.print(_summary_table(results, settings.downstream.scenario))
     out.print(
         f"{len(results)} day(s) in {time.monotonic() - began:.0f} s; lake: {settings.lake.root}"

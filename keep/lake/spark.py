@@ -101,6 +101,10 @@ def get_spark(settings: Settings) -> SparkSession:
     """
     if settings.spark.remote:
         session = SparkSession.builder.remote(settings.spark.remote).getOrCreate()
+        # A client that dies (a killed task) takes its running operation with it: a
+        # reattachable execution would go on in the server for a while after its client
+        # went, racing the task's retry for the same partitions.
+        session.client.disable_reattachable_execute()
         return session
     check_java()
     # Python workers (and, on a cluster, executors) run this very interpreter.

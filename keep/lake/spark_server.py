@@ -13,7 +13,8 @@ day pays that six times. With the server, the steps are thin Spark Connect clien
     ...
     stop_dir(home / "var" / "spark-server")      # or server.stop(), or from another process
 
-From a shell: ``keep spark-server start`` prints the URL to set as ``KEEP_SPARK__REMOTE``
+``keep run --via airflow`` runs its days on one (:func:`serving`). From a shell:
+``keep spark-server start`` prints the URL to set as ``KEEP_SPARK__REMOTE``
 (or ``spark.remote`` in keep.yaml); ``keep spark-server stop``; ``keep spark-server status``.
 
 The server runs ``spark-submit --class ...SparkConnectServer`` from the pyspark wheel, in
@@ -32,6 +33,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,3 +202,21 @@ def with_remote(settings: Settings, server: SparkServer) -> Settings:
     return settings.model_copy(
         update={"spark": settings.spark.model_copy(update={"remote": server.url})}
     )
+
+
+@contextlib.contextmanager
+def serving(settings: Settings) -> Iterator[Settings]:
+    """``settings`` whose Spark steps run on a Spark server for the duration of the block:
+    the one ``spark.remote`` names if set (left running), else one started now in
+    :func:`server_dir` (or already running there) and stopped at the end if started here."""
+    if settings.spark.remote:
+        yield settings
+        return
+    directory = server_dir(settings)
+    already = running(directory)
+    server = already or start(settings, directory)
+    try:
+        yield with_remote(settings, server)
+    finally:
+        if already is None:
+            server.stop()

@@ -228,7 +228,7 @@ def test_up_status_rest_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         timings["down"] = time.monotonic() - started
         print("timings (s):", {k: round(v) for k, v in timings.items()})
     assert result.exit_code == 0, result.output
-    assert "stopped: scheduler, dag-processor, api-server, postgres" in result.output
+    assert "stopped: scheduler, dag-processor, api-server, spark-server, postgres" in result.output
     print(f"{len(running)} processes before down:", *running, sep="\n  ")
     assert leftovers(settings) == []
     assert postmasters(postgres_dir(settings) / "data") == []
