@@ -51,7 +51,7 @@ def test_steps_run_on_the_server_and_write_tables_every_reader_can_read(tmp_path
 
         result = keep_cli(remote, "ingest", "--ds", DS.isoformat())
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "on the Spark server" in result.stdout + result.stderr
+        assert "on the Spark server" in " ".join((result.stdout + result.stderr).split())
         status = keep_cli(settings, "spark-server", "status")
         assert status.returncode == 0 and server.url in status.stdout
 
