@@ -29,7 +29,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,9 +38,9 @@ from pathlib import Path
 
 from keep.core.config import PROJECT_ROOT, Settings
 from keep.core.errors import SetupError
+from keep.lake.cluster import HOST, free_port, log_tail
 from keep.lake.spark import check_java, spark_conf
 
-HOST = "127.0.0.1"
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 STATE_FILE = "server.json"
 LOG_FILE = "server.log"
@@ -66,12 +65,6 @@ class SparkServer:
         (self.directory / STATE_FILE).unlink(missing_ok=True)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 def _alive(pid: int) -> bool:
     import psutil
 
@@ -79,13 +72,6 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-def _log_tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return f"({path} unreadable)"
 
 
 def command(settings: Settings, port: int) -> list[str]:
@@ -128,7 +114,7 @@ def start(
     current = running(directory)
     if current is not None:
         return current
-    port = port or _free_port()
+    port = port or free_port()
     log_path = directory / LOG_FILE
     env = {
         **os.environ,
@@ -155,7 +141,7 @@ def start(
         if proc.poll() is not None:
             raise SetupError(
                 f"the Spark server exited with status {proc.returncode} while starting "
-                f"(log: {log_path}):\n{_log_tail(log_path)}"
+                f"(log: {log_path}):\n{log_tail(log_path)}"
             )
         if READY_LINE in log_path.read_text(errors="replace"):
             (directory / STATE_FILE).write_text(json.dumps({"pid": proc.pid, "port": port}))
@@ -164,7 +150,7 @@ def start(
     _stop_pid(proc.pid, 10.0)
     raise SetupError(
         f"the Spark server did not start within {timeout_s:.0f} s (log: {log_path}):\n"
-        f"{_log_tail(log_path)}"
+        f"{log_tail(log_path)}"
     )
 
 
