@@ -436,7 +436,9 @@ def _statuses(settings: Settings, *, clean: bool) -> list[ProcessStatus]:
             state.unlink(missing_ok=True)
         pid = server.pid if server else None
         result.append(
-            ProcessStatus(SPARK_SERVER, pid, server is not None, stale, directory / "server.log")
+            ProcessStatus(
+                SPARK_SERVER, pid, server is not None, stale, directory / spark_server.LOG_FILE
+            )
         )
     if not settings.airflow.database_url:
         directory = postgres_dir(settings)

@@ -466,7 +466,9 @@ def spark_server_status() -> None:
     if server is None:
         out.print(f"no Spark server running for {directory}")
         raise typer.Exit(code=1)
-    out.print(f"Spark server pid {server.pid}: {server.url} (log {directory / 'server.log'})")
+    out.print(
+        f"Spark server pid {server.pid}: {server.url} (log {directory / server_mod.LOG_FILE})"
+    )
 
 
 @spark_server.command("stop")
