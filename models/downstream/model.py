@@ -3,7 +3,7 @@
 Small typed modules composed into :class:`DownstreamModel` (docs/downstream.md)::
 
     hashed ids ──► FeatureEmbeddings (the downstream model's own tables; models/pretrain)
-    in-scenario behaviour sequence [B,L] ──► BehaviorEncoder ──► keys [B,L,3D], values [B,L,4D]
+    in-scenario behaviour sequence [B,L] ──► BehaviorEncoder ──► keys [N,3D], values [N,4D] (packed)
     TargetAttention (DIN: candidate item over the in-scenario sequence)        ──► [B,4D]
     BaseInputs: candidate item|cat|brand, user id, profile, position, log price, DIN,
                 du_*/di_* counters                                             ──► x [B,W]
@@ -186,7 +186,7 @@ class BaseInputs(nn.Module):
     def forward(self, batch: DownstreamBatch) -> Tensor:
         """-> ``[B, W]`` with ``W = self.width``."""
         candidate = self.candidate(batch)
-        keys, values = self.encoder(batch.seq)
+        encoded = self.encoder(batch.seq)
         return torch.cat(
             [
                 candidate,
@@ -196,7 +196,7 @@ class BaseInputs(nn.Module):
                 self.emb.power(batch.power),
                 self.emb.position(batch.position),
                 batch.price.unsqueeze(-1),
-                self.din(candidate, keys, values, batch.seq.mask),
+                self.din(candidate, encoded.keys, encoded.values, encoded.row),
                 torch.relu(self.counters(batch.counters)),
             ],
             dim=-1,
@@ -220,10 +220,10 @@ class SuperDomainInputs(nn.Module):
         extras = batch.superdomain
         if extras is None:
             raise ValueError("the superdomain_features arm needs batch.superdomain")
-        keys, values = self.encoder(extras.seq)
+        encoded = self.encoder(extras.seq)
         return torch.cat(
             [
-                self.din(candidate, keys, values, extras.seq.mask),
+                self.din(candidate, encoded.keys, encoded.values, encoded.row),
                 torch.relu(self.counters(extras.counters)),
             ],
             dim=-1,

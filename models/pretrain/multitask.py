@@ -4,8 +4,9 @@ Small typed modules composed into :class:`MultiTaskModel`::
 
     hashed ids ──► FeatureEmbeddings (user, item, category, brand, scenario, behaviour type,
                    gender, age, purchase power, position; hashed buckets, row 0 = padding)
-    behaviour sequence [B,L] ──► BehaviorEncoder ──► keys [B,L,3D] (item|cat|brand),
-                                                     values [B,L,4D] (+ scenario+type)
+    behaviour sequence [B,L] ──► BehaviorEncoder ──► keys [N,3D] (item|cat|brand),
+                                                     values [N,4D] (+ scenario+type),
+                                 packed: the N present behaviours only, never the padding
     UserTower      (mean-pooled behaviours, user id, profile, u_* counters)   ──► user K
     ItemTower      (item|cat|brand, log price, i_* counters)                  ──► item K
     UserCategoryTower (attention over the sequence, query = candidate category, share of
@@ -199,38 +200,87 @@ class FeatureEmbeddings(nn.Module):
         return torch.cat([self.item(item), self.category(category), self.brand(brand)], dim=-1)
 
 
+@dataclass(frozen=True)
+class EncodedSeq:
+    """The present behaviours of a padded ``[B, L]`` sequence, packed: element ``n`` is slot
+    ``index[1][n]`` of batch row ``row[n]`` (``row = index[0]``). Padding is never computed
+    on: a batch's width is its longest sequence, while most sequences are far shorter."""
+
+    index: tuple[Tensor, Tensor]
+    rows: int
+    keys: Tensor  # [N, 3D] item | category | brand
+    values: Tensor  # [N, 4D] keys | scenario + behaviour type
+
+    @property
+    def row(self) -> Tensor:
+        return self.index[0]
+
+    def gather(self, padded: Tensor) -> Tensor:
+        """A ``[B, L, *]`` tensor's entries at the present behaviours -> ``[N, *]``."""
+        return padded[self.index]
+
+    def mean_values(self) -> Tensor:
+        """Mean of each row's values ``[B, 4D]`` (zeros for an empty sequence)."""
+        total = self.values.new_zeros(self.rows, self.values.shape[-1])
+        total = total.index_add(0, self.row, self.values)
+        count = torch.bincount(self.row, minlength=self.rows).clamp_min(1)
+        return total / count.unsqueeze(-1).to(total.dtype)
+
+
 class BehaviorEncoder(nn.Module):
-    """Behaviour sequence -> attention keys ``[B, L, 3D]`` and values ``[B, L, 4D]``."""
+    """Behaviour sequence -> packed attention keys ``[N, 3D]`` and values ``[N, 4D]``."""
 
     def __init__(self, emb: FeatureEmbeddings) -> None:
         super().__init__()
         self.emb = emb
 
-    def forward(self, seq: BehaviorSeq) -> tuple[Tensor, Tensor]:
-        keys = self.emb.item_repr(seq.item, seq.category, seq.brand)
-        context = self.emb.scenario(seq.scenario) + self.emb.behavior(seq.behavior)
-        return keys, torch.cat([keys, context], dim=-1)
+    def forward(self, seq: BehaviorSeq) -> EncodedSeq:
+        index = torch.nonzero(seq.mask, as_tuple=True)
+        keys = self.emb.item_repr(seq.item[index], seq.category[index], seq.brand[index])
+        context = self.emb.scenario(seq.scenario[index]) + self.emb.behavior(seq.behavior[index])
+        values = torch.cat([keys, context], dim=-1)
+        return EncodedSeq(index=index, rows=seq.mask.shape[0], keys=keys, values=values)
 
 
 class TargetAttention(nn.Module):
-    """DIN-style attention unit: score(q, k) = MLP([q, k, q - k, q * k]), masked softmax.
+    """DIN-style attention unit: score(q, k) = MLP([q, k, q - k, q * k]), softmax over each
+    row's behaviours.
 
     Used twice: with the candidate item as query (prediction path) and with the candidate's
     category as query (cacheable user x category knowledge). Empty sequences give zeros.
+    Keys and values come packed (:class:`EncodedSeq`): ``row`` names each one's batch row.
     """
 
     def __init__(self, dim: int, hidden: int = 32) -> None:
         super().__init__()
+        self.dim = dim
         self.score = mlp([4 * dim, hidden, 1], last_activation=False)
 
-    def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
-        """``query`` ``[B, Q]``, ``keys`` ``[B, L, Q]``, ``values`` ``[B, L, V]``, ``mask``
-        ``[B, L]`` bool -> ``[B, V]``."""
-        q = query.unsqueeze(1).expand_as(keys)
-        logits = self.score(torch.cat([q, keys, q - keys, q * keys], dim=-1)).squeeze(-1)
-        logits = logits.masked_fill(~mask, -1e9)
-        weights = torch.softmax(logits, dim=-1) * mask.any(dim=-1, keepdim=True)
-        return torch.bmm(weights.unsqueeze(1), values).squeeze(1)
+    def forward(self, query: Tensor, keys: Tensor, values: Tensor, row: Tensor) -> Tensor:
+        """``query`` ``[B, Q]``, ``keys`` ``[N, Q]``, ``values`` ``[N, V]``, ``row`` ``[N]``
+        (each key's row of ``query``) -> ``[B, V]``."""
+        rows = query.shape[0]
+        logits = self.score[2](torch.relu(self.hidden(query, keys, row))).squeeze(-1)  # [N]
+        # Softmax within each row; the shift by the row's max is a constant for the gradient.
+        top = logits.new_full((rows,), -torch.inf)
+        top = top.scatter_reduce(0, row, logits.detach(), reduce="amax", include_self=True)
+        e = torch.exp(logits - top[row])
+        total = e.new_zeros(rows).index_add(0, row, e)
+        weights = e / total[row]
+        out = values.new_zeros(rows, values.shape[-1])
+        return out.index_add(0, row, weights.unsqueeze(-1) * values)
+
+    def hidden(self, query: Tensor, keys: Tensor, row: Tensor) -> Tensor:
+        """The score MLP's first layer on ``[q, k, q - k, q * k]`` without building that
+        ``[N, 4Q]`` input: with its weight split ``[Wq | Wk | Wd | Wp]`` it equals
+        ``(Wq + Wd) q + b`` (once per row) ``+ (Wk - Wd) k + Wp (q * k)``."""
+        first: nn.Linear = self.score[0]  # type: ignore[assignment]
+        wq, wk, wd, wp = first.weight.split(self.dim, dim=1)  # each [H, Q]
+        per_row = nn.functional.linear(query, wq + wd, first.bias)  # [B, H]
+        q = query[row]
+        return (
+            per_row[row] + nn.functional.linear(keys, wk - wd) + nn.functional.linear(q * keys, wp)
+        )
 
 
 def match_features(query: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
@@ -253,12 +303,10 @@ class UserTower(nn.Module):
         width = 4 * d + 4 * d + (d if self.counters is not None else 0)
         self.net = mlp([width, 2 * k, k], last_activation=False)
 
-    def forward(self, user: UserBatch, values: Tensor) -> Tensor:
-        """``values`` ``[B, L, 4D]`` (encoded sequence of ``user``) -> ``[B, K]``."""
-        m = user.seq.mask.unsqueeze(-1).to(values.dtype)
-        pooled = (values * m).sum(1) / m.sum(1).clamp_min(1.0)
+    def forward(self, user: UserBatch, encoded: EncodedSeq) -> Tensor:
+        """``encoded``: ``user``'s sequence, encoded -> ``[B, K]``."""
         parts = [
-            pooled,
+            encoded.mean_values(),
             self.emb.user(user.user),
             self.emb.gender(user.gender),
             self.emb.age(user.age),
@@ -306,12 +354,12 @@ class UserCategoryTower(nn.Module):
         width = 4 * d + d + 2 + (d if self.counters is not None else 0)
         self.net = mlp([width, 2 * k, k], last_activation=False)
 
-    def forward(self, uc: UserCategoryBatch, values: Tensor) -> Tensor:
-        """``values`` ``[B, L, 4D]`` (encoded sequence) -> ``[B, K]``."""
+    def forward(self, uc: UserCategoryBatch, encoded: EncodedSeq) -> Tensor:
+        """``encoded``: ``uc``'s sequence, encoded -> ``[B, K]``."""
         query = self.emb.category(uc.category)
-        keys = self.emb.category(uc.seq.category)
+        keys = self.emb.category(encoded.gather(uc.seq.category))
         parts = [
-            self.attention(query, keys, values, uc.seq.mask),
+            self.attention(query, keys, encoded.values, encoded.row),
             query,
             match_features(uc.category, uc.seq.category, uc.seq.mask),
         ]
@@ -370,8 +418,7 @@ class MultiTaskModel(nn.Module):
     def user_knowledge(self, user: UserBatch) -> Tensor:
         """User knowledge ``[B, K]`` (never looks at a candidate)."""
         self._check(user.counter_names, self.config.user_counters, "user")
-        _, values = self.encoder(user.seq)
-        return self.user_tower(user, values)
+        return self.user_tower(user, self.encoder(user.seq))
 
     def item_knowledge(self, item: ItemBatch) -> Tensor:
         """Item knowledge ``[B, K]``."""
@@ -381,8 +428,7 @@ class MultiTaskModel(nn.Module):
     def user_category_knowledge(self, uc: UserCategoryBatch) -> Tensor:
         """User x category knowledge ``[B, K]`` (query: ``uc.category``)."""
         self._check(uc.counter_names, self.config.user_category_counters, "user_category")
-        _, values = self.encoder(uc.seq)
-        return self.user_category_tower(uc, values)
+        return self.user_category_tower(uc, self.encoder(uc.seq))
 
     def forward(self, batch: SampleBatch) -> Tensor:
         """Logits ``[B, 3]`` of click, cart | click, purchase | click (see models/pretrain/losses.py)."""
@@ -393,13 +439,13 @@ class MultiTaskModel(nn.Module):
             self.config.user_category_counters,
             "user_category",
         )
-        keys, values = self.encoder(batch.user.seq)  # sequence encoded once, used 3 times
-        user_k = self.user_tower(batch.user, values)
+        encoded = self.encoder(batch.user.seq)  # sequence encoded once, used 3 times
+        user_k = self.user_tower(batch.user, encoded)
         item_k = self.item_tower(batch.item)
-        uc_k = self.user_category_tower(batch.user_category, values)
+        uc_k = self.user_category_tower(batch.user_category, encoded)
         candidate = self.emb.item_repr(batch.item.item, batch.item.category, batch.item.brand)
         seq = batch.user.seq
-        din = self.din(candidate, keys, values, seq.mask)
+        din = self.din(candidate, encoded.keys, encoded.values, encoded.row)
         # Exact item / brand repeats of the candidate in the sequence (re-purchase, loyalty).
         repeats = torch.cat(
             [

@@ -190,8 +190,11 @@ def evaluate(
     *,
     columns: list[str],
     max_seq_len: int = 50,
+    max_rows: int | None = None,
 ) -> dict[str, Any]:
-    """AUC and weighted log loss of each head on every sample of ``day``.
+    """AUC and weighted log loss of each head on the samples of ``day``: all of them, or a
+    uniform sample of about ``max_rows`` (fixed seed: the same rows for every model scored
+    on that table version) when the day has more.
 
     Cart and purchase are scored with the funnel products (P(click, cart), P(click,
     purchase)) over all impressions, the same quantities their losses train.
@@ -207,8 +210,12 @@ def evaluate(
         seed=0,
         max_seq_len=max_seq_len,
     )
+    share = 1.0 if not max_rows or reader.rows <= max_rows else max_rows / reader.rows
     probs, labels, weights = [], [], []
-    for batch in reader.batches(ReaderPosition()):
+    for index, batch in enumerate(reader.batches(ReaderPosition())):
+        if share < 1.0:
+            keep = np.random.default_rng([0, index]).random(len(batch)) < share
+            batch = batch.take(torch.from_numpy(np.flatnonzero(keep)))
         probs.append(predict(model, batch).numpy())
         lb = batch.labels
         labels.append(torch.stack([lb.click, lb.cart, lb.purchase], dim=-1).numpy())
@@ -404,6 +411,7 @@ def pretrain_day(
                     ds,
                     columns=columns,
                     max_seq_len=settings.aggregate.sequence_length,
+                    max_rows=cfg_p.eval_max_rows,
                 )
                 metrics["model_trained_through"] = (ds - dt.timedelta(days=1)).isoformat()
                 log.info("held-out %s: click AUC %s", ds, metrics.get("click_auc"))

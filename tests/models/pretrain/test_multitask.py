@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models.pretrain.features import item_batch, sample_batch, user_batch, user_category_batch
-from models.pretrain.multitask import MultiTaskModel
+from models.pretrain.multitask import MultiTaskModel, TargetAttention
 from models.pretrain.train import model_config
 from tests.models.pretrain.conftest import make_day, tiny_settings
 
@@ -82,3 +82,35 @@ def test_export_path_equals_training_path(
         assert torch.allclose(seen["user"], model.user_knowledge(user_batch(day)))
         assert torch.allclose(seen["item"], model.item_knowledge(item_batch(day)))
         assert torch.allclose(seen["uc"], model.user_category_knowledge(user_category_batch(day)))
+
+
+def test_attention_equals_the_mlp_on_the_concatenated_din_input() -> None:
+    """On packed behaviours, with its split first layer, the attention computes exactly the
+    DIN score MLP on ``[q, k, q - k, q * k]`` with a masked softmax over the padded sequence
+    (the textbook form, written out here): values and gradients."""
+    torch.manual_seed(3)
+    att = TargetAttention(6, hidden=5)
+    query = torch.randn(4, 6, requires_grad=True)
+    keys = torch.randn(4, 7, 6, requires_grad=True)
+    values = torch.randn(4, 7, 9)
+    mask = torch.rand(4, 7) < 0.7
+    mask[0] = False  # an empty sequence gives zeros
+
+    def textbook(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        qq = q.unsqueeze(1).expand_as(k)
+        x = torch.cat([qq, k, qq - k, qq * k], dim=-1)
+        first, last = att.score[0], att.score[2]
+        logits = torch.relu(x @ first.weight.T + first.bias) @ last.weight.T + last.bias
+        logits = logits.squeeze(-1).masked_fill(~mask, -1e9)
+        w = torch.softmax(logits, dim=-1) * mask.any(dim=-1, keepdim=True)
+        return (w.unsqueeze(-1) * values).sum(1)
+
+    index = torch.nonzero(mask, as_tuple=True)  # the packed form the model passes
+    got = att(query, keys[index], values[index], index[0])
+    want = textbook(query, keys)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert torch.all(got[0] == 0)
+    g_got = torch.autograd.grad(got.sum(), [query, keys, att.score[0].weight])
+    g_want = torch.autograd.grad(want.sum(), [query, keys, att.score[0].weight])
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
