@@ -100,3 +100,17 @@ def write_report(name: str, figures: dict[str, object]) -> Path:
     print(json.dumps(figures, indent=2))
     print(f"written to {out}")
     return out
+
+
+def cpu_probe(repeats: int = 3) -> float:
+    """Seconds for a fixed single-threaded CPython loop (10 million additions), the median
+    of ``repeats``: a yardstick of this machine's speed at the time of a run, reported beside
+    absolute timings so that runs on different days (or hosts) can be compared."""
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        total = 0
+        for i in range(10_000_000):
+            total += i
+        times.append(time.perf_counter() - began)
+    return round(sorted(times)[len(times) // 2], 2)

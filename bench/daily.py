@@ -24,7 +24,9 @@ files; users and items scale with the size, at the demo world's density):
 
 Writes reports/bench/daily.json: ``sizes``, ``total_s`` (aligned with ``sizes``) and
 ``by_step`` (size -> step -> ``seconds``, ``spark_jobs``, ``delta_commits``,
-``jvm_starts``), plus per size the totals of jobs and commits and the context above.
+``jvm_starts``), plus per size the totals of jobs and commits and the context above, and
+``cpu_probe_s``: a fixed CPython loop timed before and after the run, this machine's speed
+at the time (shared machines differ by 2x from one day to the next).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import PYTHON, REPO, write_report
+from _common import PYTHON, REPO, cpu_probe, write_report
 
 DEMO_IMPRESSIONS = 50_000
 DEMO_USERS = 5_000
@@ -180,6 +182,7 @@ def main() -> None:
         measure(args.size, args.out, server=not args.no_server)
         return
     report: dict[str, Any] = {"sizes": [], "total_s": [], "by_step": {}, "per_size": {}}
+    probes = [cpu_probe()]
     began = time.perf_counter()
     for size in args.sizes:
         scale = size / DEMO_IMPRESSIONS
@@ -215,6 +218,10 @@ def main() -> None:
         report["by_step"][str(size)] = figures.pop("by_step")
         report["per_size"][str(size)] = figures
     report["bench_wall_s"] = round(time.perf_counter() - began)
+    probes.append(cpu_probe())
+    # This machine's speed before and after the run (bench/_common.py: cpu_probe); shared
+    # machines vary by 2x from day to day, so compare absolute figures at similar probes.
+    report["cpu_probe_s"] = probes
     report["spark_server"] = not args.no_server
     report["python"] = sys.version.split()[0]
     write_report("daily", report)
