@@ -235,7 +235,8 @@ class BehaviorEncoder(nn.Module):
         self.emb = emb
 
     def forward(self, seq: BehaviorSeq) -> EncodedSeq:
-        index = torch.nonzero(seq.mask, as_tuple=True)
+        rows, slots = torch.nonzero(seq.mask, as_tuple=True)
+        index = (rows, slots)
         keys = self.emb.item_repr(seq.item[index], seq.category[index], seq.brand[index])
         context = self.emb.scenario(seq.scenario[index]) + self.emb.behavior(seq.behavior[index])
         values = torch.cat([keys, context], dim=-1)
