@@ -143,3 +143,22 @@ def test_missing_day_is_a_clear_error(tmp_path: Path) -> None:
         pretrain_day(settings, dt.date(2026, 1, 5), progress=False)
     with pytest.raises(InputError, match="no pre-training lineage"):
         load_checkpoint(settings, D1)
+
+
+def test_held_out_evaluation_of_a_large_day_scores_a_fixed_uniform_sample(tmp_path: Path) -> None:
+    """Above ``pretrain.eval_max_rows`` the daily step scores about that many rows, the same
+    rows every time; the rates of the sample stay close to the whole day's."""
+    settings = tiny_settings(tmp_path, eval_max_rows=600)
+    write_days(settings, [D1, D2], rows=3000)
+    pretrain_day(settings, D1, progress=False)
+    second = pretrain_day(settings, D2, progress=False)
+    assert 450 <= second.metrics["eval_rows"] <= 750  # 600 expected, binomial spread
+
+    uri, cols = samples_table_uri(settings), sample_columns(settings.aggregate.windows)
+    model = load_checkpoint(settings, D1).model
+    again = evaluate(model, uri, D2, columns=cols, max_rows=600)
+    assert again["eval_rows"] == second.metrics["eval_rows"]
+    assert again["click_logloss"] == pytest.approx(second.metrics["click_logloss"], rel=1e-9)
+    whole = evaluate(model, uri, D2, columns=cols)
+    assert whole["eval_rows"] == 3000
+    assert abs(whole["click_rate"] - again["click_rate"]) < 0.06
