@@ -176,8 +176,9 @@ class AirflowSettings(BaseModel):
     # SQLAlchemy URL, e.g. postgresql+psycopg2://user:password@host:5432/airflow. None: a
     # private PostgreSQL that `keep airflow up` starts under <home>/postgres. Airflow's
     # processes read it from a 0600 file, never from their environment; `keep config` masks
-    # its password. `airflow dags test` (the embedded demo path) keeps its SQLite DB.
-    database_url: str | None = None
+    # its password (a SecretStr: never in a repr, a log or a traceback). `airflow dags test`
+    # (the embedded demo path) keeps its SQLite DB.
+    database_url: SecretStr | None = None
     # Port of that private PostgreSQL (127.0.0.1 only).
     postgres_port: int = 54329
     # The API server (UI, REST API v2, the tasks' Execution API).
@@ -517,8 +518,9 @@ def display_settings(settings: Settings) -> dict[str, Any]:
     """The settings as JSON-able data for people (``keep config``): secrets masked
     (``feast.redis_password`` is a SecretStr, shown as ``**********``)."""
     data = settings.model_dump(mode="json")
-    if data["airflow"].get("database_url"):
-        data["airflow"]["database_url"] = mask_password(data["airflow"]["database_url"])
+    if settings.airflow.database_url is not None:
+        url = settings.airflow.database_url.get_secret_value()
+        data["airflow"]["database_url"] = mask_password(url)
     data["feast"]["redis_connection"] = mask_connection_string(data["feast"]["redis_connection"])
     return data
 

@@ -151,7 +151,7 @@ def _command(settings: Settings, name: str) -> list[str]:
 def database_display(settings: Settings) -> str:
     """The services' metadata DB, for people: password masked."""
     if settings.airflow.database_url:
-        return mask_password(settings.airflow.database_url)
+        return mask_password(settings.airflow.database_url.get_secret_value())
     server = postgres_server.running(postgres_dir(settings))
     port = server.port if server else settings.airflow.postgres_port
     return (
@@ -288,7 +288,7 @@ def _reason(settings: Settings, tail: str) -> str:
 def _database_url(settings: Settings) -> str:
     """The services' metadata DB URL, starting the private PostgreSQL when it is the one."""
     if settings.airflow.database_url:
-        return settings.airflow.database_url
+        return settings.airflow.database_url.get_secret_value()
     server = postgres_server.start(postgres_dir(settings), port=settings.airflow.postgres_port)
     return server.url
 

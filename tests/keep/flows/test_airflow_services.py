@@ -120,6 +120,8 @@ def test_keep_config_masks_the_database_password(
     assert result.exit_code == 0, result.output
     assert SECRET not in result.output
     assert "keep:***@db.example" in result.output
+    # A secret in the settings: not in their repr, so not in a log line or a traceback.
+    assert SECRET not in repr(settings) and SECRET not in str(settings.airflow)
 
 
 def test_status_reports_and_removes_stale_pid_files(tmp_path: Path) -> None:
