@@ -47,10 +47,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV"
   $UV venv -q -p "$PY" "$VENV"
 fi
+# Exactly the versions of uv.lock (the ones CI tested): `uv sync --frozen` installs from the
+# lock file without re-resolving and removes what the lock does not list. After changing a
+# dependency in pyproject.toml, run `uv lock` and commit uv.lock with it.
 stamp="$VENV/.keep-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  say "installing or updating the project and its dependencies (first time: several minutes)"
-  $UV pip install -q -p "$VENV/bin/python" -e ".[dev]"
+if [ ! -f "$stamp" ] || [ uv.lock -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing the locked dependencies and the project (first time: several minutes)"
+  UV_PROJECT_ENVIRONMENT="$VENV" $UV sync -q --frozen --extra dev
   touch "$stamp"
 fi
 # Byte-compile every installed module once. Without .pyc files each process compiles what it
