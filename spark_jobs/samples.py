@@ -90,9 +90,9 @@ def build_samples(
     )
 
 
-def run_samples(spark: SparkSession, settings: Settings, ds: dt.date) -> dict[str, int]:
-    """Write day ``ds`` of gold.pretrain_samples and gold.downstream_samples."""
-    agg = settings.aggregate
+def check_inputs(settings: Settings, ds: dt.date) -> None:
+    """Refuse a day without bronze, or whose previous day has no state (from the Delta logs,
+    no Spark job)."""
     state_ds = ds - dt.timedelta(days=1)
     bronze_days = partitions(settings, IMPRESSIONS)
     if ds not in bronze_days:
@@ -104,6 +104,13 @@ def run_samples(spark: SparkSession, settings: Settings, ds: dt.date) -> dict[st
             f"Cannot build samples of {ds}: the state of {state_ds} is missing. "
             f"Run `keep aggregate --ds {state_ds}` (or `keep backfill`) first."
         )
+
+
+def run_samples(spark: SparkSession, settings: Settings, ds: dt.date) -> dict[str, int]:
+    """Write day ``ds`` of gold.pretrain_samples and gold.downstream_samples."""
+    check_inputs(settings, ds)
+    agg = settings.aggregate
+    state_ds = ds - dt.timedelta(days=1)
     samples = build_samples(
         lake.read_partition(spark, settings, IMPRESSIONS, ds),
         lake.as_of(lake.read_table(spark, settings, DIM_USERS), "user_id", state_ds),

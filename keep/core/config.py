@@ -21,9 +21,19 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -35,8 +45,17 @@ from pydantic_settings import (
 # while data (lake, raw files, Airflow's database) lives under ``Settings.home``.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
+class Section(BaseModel):
+    """A settings section: an unknown key is an error (a typo must not be ignored silently)."""
 
-class SparkSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# A TCP port number.
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class SparkSettings(Section):
     """Where and how Spark runs. The same code scales out by changing ``master`` only."""
 
     master: str = "local[2]"
@@ -47,7 +66,7 @@ class SparkSettings(BaseModel):
     app_name: str = "keep"
     driver_memory: str = "2g"
     # 2 cores: a handful of shuffle partitions; at scale, raise to ~2-3x total cores.
-    shuffle_partitions: int = 4
+    shuffle_partitions: PositiveInt = 4
     # Folder holding the Delta Lake jars fetched once by ``scripts/setup.sh``.
     jars_dir: Path = PROJECT_ROOT / ".cache" / "jars"
     log_level: str = "WARN"
@@ -55,14 +74,14 @@ class SparkSettings(BaseModel):
     extra_conf: dict[str, str] = Field(default_factory=dict)
 
 
-class LakeSettings(BaseModel):
+class LakeSettings(Section):
     """Locations of the raw landing zone and the Delta lake."""
 
     raw_root: Path = Path("var/raw")
     root: Path = Path("var/lake")
 
 
-class IngestSettings(BaseModel):
+class IngestSettings(Section):
     """Rules of the ingest job (see docs/raw-format.md)."""
 
     # Known subsystems; an impression from any other scenario is quarantined.
@@ -71,16 +90,19 @@ class IngestSettings(BaseModel):
         default_factory=lambda: ["search", "feed", "video", "ads", "browse"]
     )
     # An event may arrive in the log of the day after it happened, up to this much late.
-    allowed_lateness_minutes: int = 60
+    allowed_lateness_minutes: NonNegativeInt = 60
     # Impression ids are deduplicated against this many earlier days of bronze.
-    dedup_lookback_days: int = 7
+    dedup_lookback_days: NonNegativeInt = 7
     # Raw bytes of a day per shuffle partition of the ingest job (at least
     # spark.shuffle_partitions partitions): bounds the rows one task sorts, so the job's
     # memory does not grow with the day (docs/raw-format.md, "Scale").
-    raw_bytes_per_task: int = 128 * 2**20
+    raw_bytes_per_task: PositiveInt = 128 * 2**20
+    # A raw line longer than this refuses the day's file before anything is read into the
+    # lake (a stuck logger writing one endless line, a binary file landed by mistake).
+    max_line_bytes: PositiveInt = 2**20
 
 
-class ValidationSettings(BaseModel):
+class ValidationSettings(Section):
     """Great Expectations gates."""
 
     # Fraction of a day's raw impression rows that may be quarantined before the gate fails.
@@ -93,10 +115,10 @@ class ValidationSettings(BaseModel):
     # The widest gated frame (gold.pretrain_samples, 17 columns) holds 0.4 KB a row in
     # pandas and the gate's process peaks about 0.9 KB a row above its base: 0.9 GB at a
     # 1 M-impression day, 1.3 GB at this limit. 0: always Spark.
-    pandas_max_rows: int = 1_500_000
+    pandas_max_rows: PositiveInt = 1_500_000
 
 
-class ScenarioSpec(BaseModel):
+class ScenarioSpec(Section):
     """One subsystem of the synthetic super-domain."""
 
     name: str
@@ -115,21 +137,21 @@ def _default_scenarios() -> list[ScenarioSpec]:
     ]
 
 
-class GeneratorSettings(BaseModel):
+class GeneratorSettings(Section):
     """The synthetic super-domain (docs/generator.md). Its hash names the world."""
 
     seed: int = 7
     # First day of the world; dimension files of this day hold every user and item.
     epoch: dt.date = dt.date(2026, 1, 1)
-    horizon_days: int = 400
-    n_users: int = 5_000
-    n_items: int = 2_000
-    new_users_per_day: int = 25
-    new_items_per_day: int = 10
-    n_categories: int = 40
-    n_brands: int = 400
-    latent_dim: int = 16
-    impressions_per_day: int = 50_000
+    horizon_days: PositiveInt = 400
+    n_users: PositiveInt = 5_000
+    n_items: PositiveInt = 2_000
+    new_users_per_day: NonNegativeInt = 25
+    new_items_per_day: NonNegativeInt = 10
+    n_categories: PositiveInt = 40
+    n_brands: PositiveInt = 400
+    latent_dim: PositiveInt = 16
+    impressions_per_day: PositiveInt = 50_000
     scenarios: list[ScenarioSpec] = Field(default_factory=_default_scenarios)
     downstream_scenario: str = "ads"
     activity_sigma: float = 0.8
@@ -145,7 +167,7 @@ class GeneratorSettings(BaseModel):
     truth_root: Path = Path("var/truth")
     # Processes that make a day's impression chunks side by side (a day of more than one
     # chunk of 500 k impressions only); the files are the same for any number.
-    workers: int = 2
+    workers: PositiveInt = 2
 
     def world_dump(self) -> dict[str, Any]:
         """Everything that defines the world: not where its truth is written, nor how many
@@ -158,15 +180,15 @@ class GeneratorSettings(BaseModel):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class AirflowSettings(BaseModel):
+class AirflowSettings(Section):
     """Airflow's own configuration is generated from these (see keep.flows.airflow_env)."""
 
     home: Path = Path("var/airflow")
-    parallelism: int = 2
+    parallelism: PositiveInt = 2
     # Retries after an infrastructure error, this far apart (a failed gate or input a step
     # refuses is never retried: dags/, keep.flows.dag_support).
-    retries: int = 2
-    retry_delay_s: int = 300
+    retries: NonNegativeInt = 2
+    retry_delay_s: NonNegativeInt = 300
     # Demo mode: the first step (land_raw) writes the day's raw files with the synthetic
     # generator. Off by default, so a deployment that forgets the flag never writes synthetic
     # files into a real landing zone: land_raw then only checks that the day's files landed.
@@ -180,10 +202,10 @@ class AirflowSettings(BaseModel):
     # (the embedded demo path) keeps its SQLite DB.
     database_url: SecretStr | None = None
     # Port of that private PostgreSQL (127.0.0.1 only).
-    postgres_port: int = 54329
+    postgres_port: Port = 54329
     # The API server (UI, REST API v2, the tasks' Execution API).
     api_host: str = "127.0.0.1"
-    api_port: int = 28080
+    api_port: Port = 28080
     # None: Airflow's SimpleAuthManager with every user an admin, the one-machine default
     # (the API server listens on 127.0.0.1). Production: a real auth manager's class path,
     # configured through its own AIRFLOW__* settings (docs/airflow.md).
@@ -200,11 +222,11 @@ class AirflowSettings(BaseModel):
     spark_server: bool = True
 
 
-class AggregateSettings(BaseModel):
+class AggregateSettings(Section):
     """Long-history state (silver) and training samples (gold); see docs/aggregation.md."""
 
     # Last N behaviours (clicks, carts, purchases) kept per user.
-    sequence_length: int = 50
+    sequence_length: PositiveInt = 50
     # Counter windows in days; every window's counts are kept per entity and day.
     windows: list[int] = Field(default_factory=lambda: [1, 7, 30, 365])
     # Smoothed click rate: (clicks + prior_strength * prior_ctr) / (impressions + prior_strength).
@@ -213,43 +235,43 @@ class AggregateSettings(BaseModel):
     # Daily state snapshots older than this many days are deleted (backfills and
     # point-in-time joins can reach back this far). Daily counts are kept for the
     # longest window regardless, because the counters subtract the day leaving it.
-    snapshot_retention_days: int = 60
+    snapshot_retention_days: NonNegativeInt = 60
     # Fraction of non-clicked impressions kept in the samples; kept ones get weight 1/rate
     # so that weighted click rates stay calibrated. 1.0 keeps everything.
     negative_sample_rate: float = 1.0
 
 
-class PretrainSettings(BaseModel):
+class PretrainSettings(Section):
     """The multi-task pre-training model and its training loop (docs/pretrain.md)."""
 
     # Hashed embedding buckets: an id never seen in training still maps to a bucket.
-    user_buckets: int = 100_003
-    item_buckets: int = 50_021
-    category_buckets: int = 1_009
-    brand_buckets: int = 10_007
-    scenario_buckets: int = 17
-    embedding_dim: int = 16
+    user_buckets: PositiveInt = 100_003
+    item_buckets: PositiveInt = 50_021
+    category_buckets: PositiveInt = 1_009
+    brand_buckets: PositiveInt = 10_007
+    scenario_buckets: PositiveInt = 17
+    embedding_dim: PositiveInt = 16
     # Dimension of every exported knowledge vector (user, item, user x category).
-    knowledge_dim: int = 64
+    knowledge_dim: PositiveInt = 64
     hidden_dims: list[int] = Field(default_factory=lambda: [128, 64])
-    batch_size: int = 512
+    batch_size: PositiveInt = 512
     # 3e-3 learns a young lineage faster but its user x category knowledge then drifts past
     # the knowledge gate's p99 threshold (measured: docs/pretrain.md).
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
-    epochs: int = 1
+    epochs: PositiveInt = 1
     seed: int = 0
     # torch intra-op threads per process (divided by the ranks under torchrun). 1 by default:
     # on the shared 2-core machine a second OpenMP thread spin-waits against the reader
     # worker and other processes, measured 5-10x slower per step (docs/pretrain.md).
-    threads: int = 1
+    threads: PositiveInt = 1
     # Reader worker processes decoding Delta batches while the model trains (0 = inline).
-    reader_workers: int = 1
+    reader_workers: PositiveInt = 1
     # Samples shuffled together (memory bound of the reader, in rows).
-    shuffle_buffer: int = 20_000
+    shuffle_buffer: PositiveInt = 20_000
     # Checkpoints: one folder per lineage, one file per day; mid-run every N steps.
     checkpoint_root: Path = Path("var/checkpoints")
-    checkpoint_every_steps: int = 200
+    checkpoint_every_steps: PositiveInt = 200
     # The held-out evaluation of a day scores a uniform sample of about this many of its
     # samples when it has more (AUC within about 0.002 at 200 k rows; a 1 M-row day's
     # evaluation costs a fifth). None: every sample.
@@ -258,34 +280,34 @@ class PretrainSettings(BaseModel):
     # default, measured better than 2 or 3 on a young lineage: docs/pretrain.md).
     warm_start_days: int = 1
     # Days of history a full retrain (new lineage) covers, ending with the day trained.
-    full_retrain_days: int = 7
+    full_retrain_days: PositiveInt = 7
     # Days on which the daily pipeline retrains from scratch (a new knowledge lineage)
     # instead of warm-starting: a planned change of the knowledge's meaning.
     full_retrain_on: list[dt.date] = Field(default_factory=list)
 
 
-class DownstreamSettings(BaseModel):
+class DownstreamSettings(Section):
     """The downstream subsystem's own CTR model, its arms and training (docs/downstream.md)."""
 
     # The subsystem whose model this is: its impressions (gold.downstream_samples), labels
     # and in-scenario behaviours.
     scenario: str = "ads"
     # The downstream model's own hashed tables (it shares no parameters with pre-training).
-    user_buckets: int = 100_003
-    item_buckets: int = 50_021
-    category_buckets: int = 1_009
-    brand_buckets: int = 10_007
-    embedding_dim: int = 16
+    user_buckets: PositiveInt = 100_003
+    item_buckets: PositiveInt = 50_021
+    category_buckets: PositiveInt = 1_009
+    brand_buckets: PositiveInt = 10_007
+    embedding_dim: PositiveInt = 16
     hidden_dims: list[int] = Field(default_factory=lambda: [128, 64])
     # Hidden width of each plug-in projection (knowledge -> one hidden layer's offset).
-    plugin_hidden: int = 32
-    max_seq_len: int = 50
+    plugin_hidden: PositiveInt = 32
+    max_seq_len: PositiveInt = 50
     # A sparse subsystem gives a few thousand rows a day: small batches and a few passes
     # per day, or the model barely moves (bench/quality.py, docs/downstream.md).
-    batch_size: int = 128
+    batch_size: PositiveInt = 128
     learning_rate: float = 1e-3
     # Epochs over each day's rows (daily warm start).
-    epochs: int = 3
+    epochs: PositiveInt = 3
     weight_decay: float = 0.0
     # Every arm is trained once per seed; results are reported with intervals over seeds.
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
@@ -297,7 +319,7 @@ class DownstreamSettings(BaseModel):
     # Checkpoints kept per arm and seed by the daily step (the newest days).
     checkpoint_days_kept: int = 3
     # torch intra-op threads (1: see PretrainSettings.threads).
-    threads: int = 1
+    threads: PositiveInt = 1
     # Arms the daily pipeline trains after each publication (bench/quality.py runs them all).
     daily_arms: list[str] = Field(default_factory=lambda: ["base", "keep"])
     # What a knowledge arm does when the knowledge lineage changes: "procrustes" (map the new
@@ -321,16 +343,16 @@ class DownstreamSettings(BaseModel):
     max_catchup_days: int = 7
 
 
-class KnowledgeSettings(BaseModel):
+class KnowledgeSettings(Section):
     """Knowledge export and its gate (docs/knowledge.md)."""
 
     # Keys with an impression within this many days (ending with the snapshot day) are
     # recomputed; other known keys are carried forward from the previous snapshot.
     active_window_days: int = 7
     # Rows per batch everywhere in the export and the gate: the memory bound.
-    export_batch_rows: int = 50_000
+    export_batch_rows: PositiveInt = 50_000
     # Rows per forward pass of the model in the export (activations grow with rows x sequence).
-    inference_batch_rows: int = 4_096
+    inference_batch_rows: PositiveInt = 4_096
     # One JSON manifest per snapshot: <manifest_root>/<lineage>/<ds>.json.
     manifest_root: Path = Path("var/knowledge")
     # Scratch space of the export (the day's state split into key buckets; removed after).
@@ -345,21 +367,21 @@ class KnowledgeSettings(BaseModel):
     # The first N warm-started snapshots of a lineage (N previous snapshots or fewer) have
     # their drift and norm ratio reported but not gated: a model trained from scratch on
     # one day still moves a lot on the next (docs/knowledge.md).
-    drift_warmup_snapshots: int = 2
+    drift_warmup_snapshots: NonNegativeInt = 2
     # Not collapsed: std of pairwise cosines of a sample of mean-centred vectors, and the
     # share of the vectors' energy that varies between keys (E|v - mean|^2 / E|v|^2).
     min_pairwise_cosine_spread: float = 0.05
     min_variance_fraction: float = 0.001
     # Across lineages: mean k-nearest-neighbour overlap on shared keys.
     min_neighbour_overlap: float = 0.05
-    neighbour_k: int = 10
+    neighbour_k: PositiveInt = 10
     # Keys sampled (by key hash, the same keys in every snapshot) for drift and norms ...
-    gate_sample_rows: int = 20_000
+    gate_sample_rows: PositiveInt = 20_000
     # ... and, of those, for the pairwise checks (collapse, neighbours).
-    pairwise_sample_rows: int = 1_000
+    pairwise_sample_rows: PositiveInt = 1_000
 
 
-class FeastSettings(BaseModel):
+class FeastSettings(Section):
     """The Feast feature store over the lake (feature_repo/, docs/feast.md)."""
 
     repo_path: Path = PROJECT_ROOT / "feature_repo"
@@ -370,7 +392,7 @@ class FeastSettings(BaseModel):
     redis_connection: str = "127.0.0.1:6379"
     # Rows per online-store write batch (one SQLite transaction / Redis pipeline) during
     # publication; memory is about 2 KB x this, whatever the snapshot's size.
-    publish_chunk_rows: int = 50_000
+    publish_chunk_rows: PositiveInt = 50_000
     # Password of the Redis online store (an ACL user's, see redis_user). A secret: never
     # printed by `keep config`, never written to logs or task environments in clear; the
     # embedded redis-server (keep.store.redis_server) is started with it. Set it here, with
@@ -383,28 +405,28 @@ class FeastSettings(BaseModel):
     redis_user: str = "default"
 
 
-class ServeSettings(BaseModel):
+class ServeSettings(Section):
     """The online scoring service, `keep serve` (serving/app.py, docs/serving.md)."""
 
     host: str = "127.0.0.1"
-    port: int = 8087
+    port: Port = 8087
     # uvicorn worker processes (None: one per CPU core). Each loads the model and its own
     # store connections; scoring is CPU-bound Python, so processes -- not threads -- add
     # throughput (docs/serving.md).
     workers: int | None = None
     # torch intra-op threads of the scorer (1: a request is small; concurrency comes from
     # requests overlapping their store reads, not from splitting one forward pass).
-    threads: int = 1
+    threads: PositiveInt = 1
     # The downstream subsystem whose live registered model is served (None: the
     # downstream scenario, downstream.scenario).
     subsystem: str | None = None
     # Largest candidate list of one request (a longer one is refused with 422).
-    max_candidates: int = 500
+    max_candidates: PositiveInt = 500
     # How often the service looks for a new live model version / publication (seconds).
     reload_interval_s: float = 2.0
 
 
-class PipelineSettings(BaseModel):
+class PipelineSettings(Section):
     """Dates of the default demo run."""
 
     start_ds: dt.date = dt.date(2026, 1, 1)
@@ -447,7 +469,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        yaml_file = os.environ.get("KEEP_CONFIG", "keep.yaml")
+        yaml_file = config_file()
         return (
             init_settings,
             env_settings,
@@ -525,6 +547,59 @@ def display_settings(settings: Settings) -> dict[str, Any]:
     return data
 
 
+def config_file() -> Path:
+    """The YAML settings file read (``KEEP_CONFIG``, default ``keep.yaml`` in the cwd)."""
+    return Path(os.environ.get("KEEP_CONFIG", "keep.yaml"))
+
+
+_SECRET_FIELDS = ("password", "database_url")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """A pydantic error on the settings as one line: each field (with the variable that
+    sets it), what is wrong, the value given (never a secret's), and where to fix it."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(x) for x in err["loc"]]
+        field = ".".join(loc) or "settings"
+        env = "KEEP_" + "__".join(x.upper() for x in loc[:2]) if loc else "KEEP_*"
+        given = ""
+        if err.get("type") != "missing" and not any(s in field for s in _SECRET_FIELDS):
+            given = f", got {_shown(err.get('input'))}"
+        parts.append(f"{field} ({env}): {err['msg']}{given}")
+    return (
+        f"invalid settings: {'; '.join(parts)}. Fix {config_file()} or the KEEP_* variable "
+        "(`keep config` prints the effective settings; the README's Configuration section)."
+    )
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Build the settings from file + environment, with explicit keyword overrides on top."""
-    return Settings(**overrides)
+    """Build the settings from file + environment, with explicit keyword overrides on top.
+
+    Bad settings raise :class:`~keep.core.errors.ConfigError` with one line naming the field,
+    the problem and where to fix it (not pydantic's multi-line report or a YAML traceback).
+    """
+    from keep.core.errors import ConfigError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(
+            f"{config_file()} is not valid YAML ({problem}{where}): fix it, or point "
+            "KEEP_CONFIG at another file."
+        ) from None
+    except (TypeError, AttributeError, ValueError):  # a YAML list where a mapping goes
+        raise ConfigError(
+            f"{config_file()} must be a mapping of sections (spark:, lake:, ...): see the "
+            "README's Configuration section."
+        ) from None

@@ -20,3 +20,7 @@ class GateFailed(KeepError):
 class StoreUnavailable(KeepError):
     """The online store cannot be reached or read (server down, timeout, database that cannot
     be opened or stays locked): nothing was served, rather than zero vectors."""
+
+
+class ConfigError(KeepError):
+    """The settings (``keep.yaml``, ``KEEP_*`` variables) are malformed or out of range."""

@@ -25,7 +25,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from keep.core.config import display_settings, load_settings
+from keep.core.config import Settings, config_file, display_settings, load_settings
 from keep.core.errors import KeepError
 from keep.core.time import days
 
@@ -34,6 +34,10 @@ app = typer.Typer(
     help="KEEP: knowledge extraction from long-history impression logs, plugged into CTR models.",
     no_args_is_help=True,
     add_completion=False,
+    # Usage errors as click prints them: one "Error: ..." line (no box that wraps the
+    # message over several lines), like every other error of the command line.
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
 # Tables stay readable in logs and CI, where there is no terminal to size them by.
@@ -79,10 +83,24 @@ def _friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except KeepError as exc:
-            console.print(f"[bold red]error:[/] {exc}")
+            # One line, whatever the terminal's width (logs and CI grep for it).
+            console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, markup=True)
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _existing_home() -> Settings:
+    """The settings of a command that reads an existing KEEP home (its lake, raw files,
+    models): a home that does not exist is one clear error, not a missing file later."""
+    settings = load_settings()
+    if not settings.home.is_dir():
+        raise KeepError(
+            f"KEEP home {settings.home} does not exist (set by KEEP_HOME or `home:` in "
+            f"{config_file()}): point it at an existing home, or create one with "
+            "`keep generate` / `keep run`."
+        )
+    return settings
 
 
 @app.callback()
@@ -130,7 +148,7 @@ def ingest(ds: DateOpt) -> None:
     """Ingest one day of raw files into the Delta lake (bronze, dim, quarantine)."""
     from keep.flows import pipeline
 
-    counts = pipeline.ingest(load_settings(), ds.date())
+    counts = pipeline.ingest(_existing_home(), ds.date())
     table = _counts_table(f"ingest {ds.date()}")
     for c in counts.values():
         table.add_row(c.source, *_count_cells(c))
@@ -143,7 +161,7 @@ def validate(ds: DateOpt) -> None:
     """Run the Great Expectations gate on one day; exit 2 with a summary if it fails."""
     from keep.flows import pipeline
 
-    report = pipeline.validate(load_settings(), ds.date())
+    report = pipeline.validate(_existing_home(), ds.date())
     out.print(report.summary())
 
 
@@ -153,7 +171,7 @@ def aggregate(ds: DateOpt) -> None:
     """Update the silver state (sequences, counters) of one day from the day before, then gate it."""
     from keep.flows import pipeline
 
-    settings = load_settings()
+    settings = _existing_home()
     rows = pipeline.aggregate(settings, ds.date())
     out.print(_rows_table(f"aggregate {ds.date()}", rows))
     out.print(pipeline.validate_state(settings, ds.date()).summary())
@@ -165,7 +183,7 @@ def samples(ds: DateOpt) -> None:
     """Build the gold samples of one day (state as of the day before), then gate them."""
     from keep.flows import pipeline
 
-    settings = load_settings()
+    settings = _existing_home()
     rows = pipeline.samples(settings, ds.date())
     out.print(_rows_table(f"samples {ds.date()}", rows))
     out.print(pipeline.validate_samples(settings, ds.date()).summary())
@@ -207,8 +225,9 @@ def backfill(
     """
     from keep.flows import pipeline
 
-    settings = load_settings()
+    settings = _existing_home()
     first, last = start.date(), (end or start).date()
+    pipeline.check_backfill(settings, first, last)
     knowledge: pipeline.KnowledgeBackfill | None = None
     with _progress() as progress:
         task = progress.add_task("backfill", total=None)
@@ -258,7 +277,7 @@ def pretrain(
     """
     from models.pretrain.train import pretrain_day
 
-    result = pretrain_day(load_settings(), ds.date(), full_retrain=full_retrain, progress=True)
+    result = pretrain_day(_existing_home(), ds.date(), full_retrain=full_retrain, progress=True)
     table = Table(title=f"pretrain {ds.date()}: {result.mode}, lineage {result.lineage}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -274,7 +293,7 @@ def export_knowledge(ds: DateOpt) -> None:
     """Export day D's knowledge snapshot (user, item, user x category), then gate it."""
     from keep.flows import pipeline
 
-    settings = load_settings()
+    settings = _existing_home()
     result = pipeline.export_knowledge(settings, ds.date())
     out.print(_rows_table(f"knowledge {result.lineage} / {ds.date()}", result.rows))
     out.print(f"manifest: {result.manifest_path}")
@@ -287,7 +306,7 @@ def publish(ds: DateOpt) -> None:
     """Publish day D's gated knowledge snapshot to Feast's online store (atomic switch)."""
     from keep.flows import pipeline
 
-    info = pipeline.publish_knowledge(load_settings(), ds.date())
+    info = pipeline.publish_knowledge(_existing_home(), ds.date())
     out.print_json(data=pipeline.to_json(info))
 
 
@@ -297,7 +316,7 @@ def rollback() -> None:
     """Make the previously live knowledge snapshot live again (one pointer switch)."""
     from keep.store.publication import rollback as roll_back
 
-    settings = load_settings()
+    settings = _existing_home()
     out.print_json(data=roll_back(settings))
 
 
@@ -320,11 +339,23 @@ def training_set(
     from keep.store.publication import live_snapshot
     from keep.store.training_sets import write_training_set
 
-    settings = load_settings()
+    settings = _existing_home()
+    from keep.lake.knowledge import snapshot_rows
+
+    first, last = start.date(), (end or start).date()
+    days(first, last)  # a reversed range is refused before anything runs
+    if lineage is not None:
+        known = sorted({lin for lin, _ in snapshot_rows(settings, "user")})
+        if lineage not in known:
+            raise KeepError(
+                f"unknown knowledge lineage {lineage!r}: the lake has "
+                f"{', '.join(known) or 'no knowledge snapshots yet'} "
+                "(`keep models list` shows the lineage of each model; omit --lineage for the "
+                "live one)."
+            )
     chosen = lineage or (live_snapshot(settings) or {}).get("lineage")
     if not chosen:
         raise KeepError("no live knowledge in Feast yet: publish a snapshot or pass --lineage")
-    first, last = start.date(), (end or start).date()
     rows = write_training_set(settings, first, last, lineage=chosen)
     out.print(_rows_table(f"training set {first} .. {last}, lineage {chosen}", rows))
 
@@ -346,7 +377,7 @@ def train_downstream(ds: DateOpt, arm: ArmOpt = None) -> None:
     served on D, each arm evaluated on D (trained through D-1), then trained on D."""
     from keep.flows import pipeline
 
-    result = pipeline.train_downstream(load_settings(), ds.date(), arms=arm)
+    result = pipeline.train_downstream(_existing_home(), ds.date(), arms=arm)
     out.print(_arms_table(f"downstream {ds.date()}", result))
 
 
@@ -356,7 +387,7 @@ def evaluate_downstream(ds: DateOpt, arm: ArmOpt = None) -> None:
     """Evaluate the arms' newest models (trained before D) on day D; trains nothing."""
     from keep.flows import pipeline
 
-    result = pipeline.train_downstream(load_settings(), ds.date(), arms=arm, train=False)
+    result = pipeline.train_downstream(_existing_home(), ds.date(), arms=arm, train=False)
     out.print(_arms_table(f"downstream evaluation {ds.date()}", result))
 
 
@@ -501,7 +532,7 @@ def models_list(subsystem: SubsystemOpt = None) -> None:
     """Every registered version: knowledge lineage and snapshot, days, holdout AUC, gate."""
     from keep.store import model_registry as registry
 
-    settings = load_settings()
+    settings = _existing_home()
     name = subsystem or settings.downstream.scenario
     found = registry.versions(settings, name)
     table = Table(title=f"{name} model versions ({settings.downstream.registry_root})")
@@ -546,7 +577,7 @@ def models_promote(
     """Make a registered version live (the current one can be rolled back to)."""
     from keep.store import model_registry as registry
 
-    settings = load_settings()
+    settings = _existing_home()
     v = registry.promote(settings, subsystem or settings.downstream.scenario, version)
     out.print(f"{v.name} is live (knowledge {v.knowledge_lineage} / {v.snapshot_ds})")
 
@@ -557,7 +588,7 @@ def models_rollback(subsystem: SubsystemOpt = None) -> None:
     """Make the version that was live before the current one live again."""
     from keep.store import model_registry as registry
 
-    settings = load_settings()
+    settings = _existing_home()
     v = registry.rollback(settings, subsystem or settings.downstream.scenario)
     out.print(f"{v.name} is live again (knowledge {v.knowledge_lineage} / {v.snapshot_ds})")
 
@@ -691,7 +722,7 @@ def serve(
     """
     from serving.app import run as run_service
 
-    run_service(load_settings(), host=host, port=port, workers=workers)
+    run_service(_existing_home(), host=host, port=port, workers=workers)
 
 
 @app.command("import-taobao")

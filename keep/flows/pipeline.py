@@ -62,9 +62,13 @@ def land_raw(settings: Settings, ds: dt.date) -> dict[str, Path]:
 
 def ingest(settings: Settings, ds: dt.date) -> dict[str, SourceCounts]:
     """Raw files of ``ds`` -> bronze / dim Delta partitions of ``ds`` (+ quarantine, audit)."""
+    from keep.core.tables import RAW_FIELDS
     from keep.lake.spark import get_spark
     from spark_jobs.ingest import run_ingest
 
+    # Files that cannot be read as a whole are refused before Spark starts: one clear
+    # line, nothing written.
+    raw_format.check_day(settings, ds, tuple(RAW_FIELDS))
     return run_ingest(get_spark(settings), settings, ds)
 
 
@@ -85,8 +89,9 @@ def validate(settings: Settings, ds: dt.date) -> GateReport:
 def aggregate(settings: Settings, ds: dt.date) -> dict[str, int]:
     """Silver state as of the end of ``ds`` from the state of ``ds - 1`` plus bronze ``ds``."""
     from keep.lake.spark import get_spark
-    from spark_jobs.aggregate import run_aggregate
+    from spark_jobs.aggregate import check_order, run_aggregate
 
+    check_order(settings, ds)  # refused before Spark starts (run_aggregate checks it too)
     return run_aggregate(get_spark(settings), settings, ds)
 
 
@@ -101,8 +106,9 @@ def validate_state(settings: Settings, ds: dt.date) -> GateReport:
 def samples(settings: Settings, ds: dt.date) -> dict[str, int]:
     """Gold samples of ``ds``: its impressions with the state as of the end of ``ds - 1``."""
     from keep.lake.spark import get_spark
-    from spark_jobs.samples import run_samples
+    from spark_jobs.samples import check_inputs, run_samples
 
+    check_inputs(settings, ds)  # refused before Spark starts
     return run_samples(get_spark(settings), settings, ds)
 
 
@@ -246,6 +252,15 @@ def to_json(value: Any) -> Any:
     return str(value)
 
 
+def check_backfill(settings: Settings, start: dt.date, end: dt.date) -> None:
+    """Refuse a backfill that cannot run, before anything runs: a reversed range, or a first
+    day without bronze or without the state of the day before it."""
+    from spark_jobs.aggregate import check_order
+
+    days(start, end)
+    check_order(settings, start)
+
+
 def backfill(
     settings: Settings,
     start: dt.date,
@@ -266,6 +281,7 @@ def backfill(
     """
     from spark_jobs.aggregate import state_days
 
+    check_backfill(settings, start, end)
     last = max([end, *state_days(settings)])
     span = days(start, last)
     for ds in span:
