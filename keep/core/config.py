@@ -115,7 +115,7 @@ class ValidationSettings(Section):
     # The widest gated frame (gold.pretrain_samples, 17 columns) holds 0.4 KB a row in
     # pandas and the gate's process peaks about 0.9 KB a row above its base: 0.9 GB at a
     # 1 M-impression day, 1.3 GB at this limit. 0: always Spark.
-    pandas_max_rows: PositiveInt = 1_500_000
+    pandas_max_rows: NonNegativeInt = 1_500_000
 
 
 class ScenarioSpec(Section):
@@ -266,7 +266,7 @@ class PretrainSettings(Section):
     # worker and other processes, measured 5-10x slower per step (docs/pretrain.md).
     threads: PositiveInt = 1
     # Reader worker processes decoding Delta batches while the model trains (0 = inline).
-    reader_workers: PositiveInt = 1
+    reader_workers: NonNegativeInt = 1
     # Samples shuffled together (memory bound of the reader, in rows).
     shuffle_buffer: PositiveInt = 20_000
     # Checkpoints: one folder per lineage, one file per day; mid-run every N steps.

@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import math
 import random
@@ -315,6 +316,15 @@ def _plan(
     return "full_retrain", new, None, [[ds]], None
 
 
+def parameter_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer of ``model`` (names and exact bytes)."""
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def pretrain_day(
     settings: Settings,
     ds: dt.date,
@@ -466,6 +476,13 @@ def pretrain_day(
                 partial,
             )
 
+    # Every rank's parameters after the day, as a digest: under DDP they must be identical
+    # (the gradients are all-reduced every step); recorded so a run can be checked.
+    digests = [parameter_digest(model)]
+    if ctx.world > 1:
+        gathered: list[Any] = [None] * ctx.world
+        dist.all_gather_object(gathered, digests[0])
+        digests = [str(d) for d in gathered]
     final = checkpoint_path(settings, lineage, ds)
     steps = int(train_stats["steps"])
     result_metrics: dict[str, Any] = {
@@ -479,6 +496,7 @@ def pretrain_day(
             "steps": steps,
             "samples_per_rank": int(train_stats["samples"]),
             "world": ctx.world,
+            "parameter_digest_by_rank": digests,
             "seconds": round(train_stats["seconds"], 3),
             "mean_loss": train_stats["loss_sum"] / steps if steps else None,
             "resumed": resumed,

@@ -62,6 +62,10 @@ def test_two_ranks_train_and_rank0_writes_a_valid_checkpoint(tmp_path: Path) -> 
     assert lineage is not None
     day2 = json.loads(metrics_path(settings, lineage, D2).read_text())
     assert day2["mode"] == "warm_start" and day2["train"]["world"] == 2
+    # DDP really synchronised the ranks: after a day on different shards, both hold exactly
+    # the same parameters (without the gradient all-reduce each would drift on its own shard).
+    digests = day2["train"]["parameter_digest_by_rank"]
+    assert len(digests) == 2 and digests[0] == digests[1], digests
     # Each rank holds 2 of the 4 files (600 rows): 600 // 128 = 4 equal steps per rank.
     assert day2["train"]["steps"] == 4 and day2["train"]["samples_per_rank"] == 4 * 128
     loaded = load_checkpoint(settings, D2)
