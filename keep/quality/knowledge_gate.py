@@ -385,6 +385,19 @@ def _entity_checks(
     rows = kn.snapshot_rows(settings, entity)
     n_rows = rows.get((lineage, ds.isoformat()), 0)
     if n_rows == 0:
+        # The export writes its manifest after the tables: with a manifest, the snapshot was
+        # exported and holds nothing; without one, it was never (completely) exported.
+        if kn.read_manifest(settings, lineage, ds) is not None:
+            return [
+                _check(
+                    table,
+                    "snapshot_rows",
+                    EMPTY,
+                    False,
+                    f"lineage {lineage!r}, snapshot_ds {ds} was exported (manifest) but has "
+                    "no rows: check the export's input (samples, active keys), then rerun it",
+                )
+            ]
         return [
             _check(
                 table,

@@ -20,6 +20,7 @@ from keep.core.config import Settings
 from keep.core.tables import IMPRESSIONS, knowledge_spec
 from keep.core.time import end_of_day
 from keep.lake import delta
+from keep.lake.knowledge import write_manifest
 from keep.quality.knowledge_gate import (
     COLLAPSED,
     COVERAGE,
@@ -27,7 +28,12 @@ from keep.quality.knowledge_gate import (
     DIMENSION,
     DRIFT_MEDIAN,
     DRIFT_P99,
+    DUPLICATE_KEYS,
+    EMPTY,
     NON_FINITE,
+    NORM,
+    NULL_KEYS,
+    TIMESTAMP,
     KnowledgeCheck,
     failure_reasons,
     validate_knowledge,
@@ -126,20 +132,26 @@ def write_snapshot(
     vectors: np.ndarray | list[np.ndarray],
     recomputed: np.ndarray,
     keep: np.ndarray | None = None,
+    *,
+    rows: np.ndarray | None = None,
+    event_timestamp: dt.datetime | None = None,
+    schema: pa.Schema | None = None,
 ) -> None:
-    """Write one snapshot (rows where ``keep``) exactly as the export lays it out."""
+    """Write one snapshot (rows where ``keep``; or the row indices ``rows``, repeats
+    allowed) exactly as the export lays it out; ``event_timestamp`` and ``schema`` (of the
+    first write of the table) replace the export's."""
     spec = knowledge_spec(entity)
-    schema = spec.schema
+    schema = schema or spec.schema
     keys = keys_of(entity)
     n = len(recomputed)
     keep = np.ones(n, bool) if keep is None else keep
-    rows = np.flatnonzero(keep)
+    rows = np.flatnonzero(keep) if rows is None else rows
     columns: dict[str, object] = {k: v[rows] for k, v in keys.items()}
     columns["vector"] = pa.array(
         [np.asarray(vectors[i], np.float32) for i in rows], schema.field("vector").type
     )
     columns["recomputed"] = recomputed[rows]
-    columns["event_timestamp"] = [end_of_day(ds)] * len(rows)
+    columns["event_timestamp"] = [event_timestamp or end_of_day(ds)] * len(rows)
     columns["knowledge_lineage"] = [lineage] * len(rows)
     columns["snapshot_ds"] = [ds.isoformat()] * len(rows)
     write_deltalake(
@@ -343,3 +355,84 @@ def test_missing_snapshot_is_reported(home: Settings) -> None:
     report = validate_knowledge(home, D2, L1)
     assert failure_reasons(report) == {"missing_snapshot"}
     assert "run the export first" in report.summary()
+
+
+def test_rescaled_vectors_fail_the_norm_ratio_only(home: Settings) -> None:
+    """A bug that multiplies every recomputed vector by 10 keeps each direction (no drift,
+    same spread): only the norm ratio against the previous snapshot sees it."""
+    write_healthy(home, skip="user")
+    active = active_mask("user")
+    v1 = base_vectors("user")
+    write_snapshot(home, "user", L1, D2, np.where(active[:, None], 10 * v1, v1), active)
+    assert reasons_of(home, D2, L1) == {NORM}
+    norm = check(home, D2, L1, "knowledge.user", NORM)
+    assert norm.observed.startswith(f"median per-key norm ratio 10.000 over {active.sum()} keys")
+
+
+def test_duplicate_keys_are_rejected(home: Settings) -> None:
+    write_healthy(home, skip="item")
+    rows = np.concatenate([np.arange(N_ITEMS), [3, 3, 40]])  # item 3 three times, 40 twice
+    write_snapshot(home, "item", L1, D2, day2_vectors("item"), active_mask("item"), rows=rows)
+    assert reasons_of(home, D2, L1) == {DUPLICATE_KEYS}
+    dup = check(home, D2, L1, "knowledge.item", DUPLICATE_KEYS)
+    assert dup.observed.startswith("5 unexpected values")  # every copy of a repeated key
+
+
+def test_wrong_event_timestamp_is_rejected(home: Settings) -> None:
+    """Knowledge of the end of D2 must carry D3 00:00 UTC, or Feast's point-in-time join
+    serves it to the wrong samples."""
+    write_healthy(home, skip="user_category")
+    late = end_of_day(D2) + dt.timedelta(hours=1)
+    vectors, active = day2_vectors("user_category"), active_mask("user_category")
+    write_snapshot(home, "user_category", L1, D2, vectors, active, event_timestamp=late)
+    assert reasons_of(home, D2, L1) == {TIMESTAMP}
+
+
+def test_null_keys_are_rejected(tmp_path: Path, ge_root: Path) -> None:
+    """A knowledge table written by another writer whose key column allows nulls."""
+    settings = make_settings(
+        tmp_path,
+        pretrain={"knowledge_dim": DIM},
+        validation={"ge_root": ge_root},
+        knowledge={"export_batch_rows": 128, "drift_warmup_snapshots": 0},
+    )
+    write_impressions(settings, D1)
+    spec = knowledge_spec("item")
+    nullable = pa.schema([f.with_nullable(True) if f.name == "item_id" else f for f in spec.schema])
+    n = N_ITEMS
+    vectors = base_vectors("item")
+    write_snapshot(settings, "item", L1, D1, vectors, np.ones(n, bool), schema=nullable)
+    for entity in ("user", "user_category"):
+        v = base_vectors(entity)
+        write_snapshot(settings, entity, L1, D1, v, np.ones(len(v), bool))
+    # Two more rows of the snapshot, with a null key.
+    extra = pa.table(
+        {
+            "item_id": pa.array([None, None], pa.int64()),
+            "vector": pa.array(
+                [vectors[0].astype(np.float32)] * 2, spec.schema.field("vector").type
+            ),
+            "recomputed": [True, True],
+            "event_timestamp": [end_of_day(D1)] * 2,
+            "knowledge_lineage": [L1] * 2,
+            "snapshot_ds": [D1.isoformat()] * 2,
+        },
+        schema=nullable,
+    )
+    write_deltalake(
+        str(delta.table_path(settings, spec)), extra, partition_by=list(spec.partition_by),
+        mode="append",
+    )  # fmt: skip
+    assert NULL_KEYS in reasons_of(settings, D1, L1)
+    nulls = check(settings, D1, L1, "knowledge.item", NULL_KEYS)
+    assert nulls.observed.startswith("2 unexpected values")
+
+
+def test_exported_but_empty_snapshot_is_not_missing(home: Settings) -> None:
+    """The export ran (its manifest is written after the tables) but wrote no user rows:
+    reported as empty, with what to check; a snapshot never exported stays "missing"."""
+    write_healthy(home, skip="user")
+    write_manifest(home, L1, D2, {"lineage": L1, "knowledge_dim": DIM})
+    assert reasons_of(home, D2, L1) == {EMPTY}
+    empty = check(home, D2, L1, "knowledge.user", EMPTY)
+    assert "was exported (manifest) but has no rows" in empty.observed
