@@ -393,6 +393,11 @@ class FeastSettings(Section):
     # Rows per online-store write batch (one SQLite transaction / Redis pipeline) during
     # publication; memory is about 2 KB x this, whatever the snapshot's size.
     publish_chunk_rows: PositiveInt = 50_000
+    # A publication holds its slot for this long past its last written chunk. Publishers on
+    # other hosts (same online store) wait for it; on this host the publication lock tells
+    # a dead publisher from a live one at once. A publisher that finds its claim taken over
+    # stops before its next chunk (docs/feast.md, "Concurrent publishers").
+    publish_lease_s: PositiveInt = 300
     # Password of the Redis online store (an ACL user's, see redis_user). A secret: never
     # printed by `keep config`, never written to logs or task environments in clear; the
     # embedded redis-server (keep.store.redis_server) is started with it. Set it here, with

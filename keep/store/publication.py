@@ -19,6 +19,7 @@ import datetime as dt
 import fcntl
 import json
 import logging
+import socket
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -90,21 +91,68 @@ class Pointer:
             return {"live": None, "seq": 0, "slots": {s: {"status": "empty"} for s in SLOTS}}
         return dict(json.loads(raw))
 
-    def write(self, state: dict[str, Any]) -> None:
-        blob = json.dumps(state, sort_keys=True)
+    def write(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Compare-and-set: write ``state`` (with ``seq`` + 1) only if the stored record still
+        has ``state["seq"]``, in one transaction (SQLite ``BEGIN IMMEDIATE``; Redis
+        ``WATCH``/``MULTI``). Another writer in between -- a publisher or a rollback on
+        another host -- raises :class:`PublicationConflict`. Returns the state written."""
+        expected = int(state.get("seq", 0))
+        new = {**state, "seq": expected + 1}
+        blob = json.dumps(new, sort_keys=True)
         if self.kind == "redis":
-            self._redis().set(self.redis_key, blob)
-            return
+            from redis.exceptions import WatchError
+
+            with self._redis().pipeline() as pipe:
+                try:
+                    pipe.watch(self.redis_key)
+                    raw = pipe.get(self.redis_key)
+                    self._check_seq(raw, expected)
+                    pipe.multi()
+                    pipe.set(self.redis_key, blob)
+                    pipe.execute()
+                except WatchError:
+                    raise self._conflict(expected, None) from None
+            return new
         conn = self._sqlite()
+        conn.isolation_level = None  # explicit transaction below
         try:
-            with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(
+                    "SELECT state FROM keep_publication WHERE project = ?", (self.project,)
+                ).fetchone()
+                self._check_seq(row[0] if row else None, expected)
                 conn.execute(
                     "INSERT INTO keep_publication (project, state) VALUES (?, ?) "
                     "ON CONFLICT(project) DO UPDATE SET state = excluded.state",
                     (self.project, blob),
                 )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
         finally:
             conn.close()
+        return new
+
+    def _check_seq(self, raw: str | bytes | None, expected: int) -> None:
+        stored = dict(json.loads(raw)) if raw is not None else None
+        seq = int(stored.get("seq", 0)) if stored else 0
+        if seq != expected:
+            raise self._conflict(expected, stored)
+
+    def _conflict(self, expected: int, stored: dict[str, Any] | None) -> PublicationConflict:
+        now = f" (now: live {stored.get('live')!r}, record {stored.get('seq')})" if stored else ""
+        return PublicationConflict(
+            f"the publication record of project {self.project!r} changed since it was read "
+            f"(record {expected}){now}: another publisher or rollback on another host got "
+            "there first; nothing of this one went live -- check `keep` on that host, then "
+            "publish again if still needed"
+        )
+
+
+class PublicationConflict(KeepError):
+    """Another publisher (or a rollback) changed the publication record first."""
 
 
 def read_pointer(settings: Settings, store: FeatureStore | None = None) -> dict[str, Any]:
@@ -473,6 +521,31 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
+def _after(seconds: int) -> str:
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
+    return later.isoformat(timespec="microseconds")
+
+
+def _refuse_running_publication(settings: Settings, state: Mapping[str, Any], target: str) -> None:
+    """Refuse a slot that another publisher is writing: one on another host (or another
+    store root) whose lease has not run out. On this store root the publication lock is
+    ours, so a ``writing`` record of it is a crashed publication: taken over at once."""
+    held = state["slots"].get(target, {})
+    if held.get("status") != "writing" or "lease_until" not in held:
+        return
+    same_root = held.get("host") == socket.gethostname() and held.get("store_root") == str(
+        settings.feast.store_root
+    )
+    if same_root or dt.datetime.fromisoformat(held["lease_until"]) <= dt.datetime.now(dt.UTC):
+        return
+    raise PublicationConflict(
+        f"slot '{target}' is being written by another publication ({held.get('lineage')}/"
+        f"{held.get('snapshot_ds')}, host {held.get('host')}, started {held.get('started_at')}, "
+        f"lease until {held['lease_until']}): wait for it to finish; if that publisher died, "
+        "its claim expires at the lease's end (feast.publish_lease_s)"
+    )
+
+
 def publish_knowledge(
     settings: Settings,
     ds: dt.date,
@@ -521,14 +594,25 @@ def publish_knowledge(
         state = pointer.read()
         previous = live_from_state(state)
         target = SLOTS[1] if state["live"] == SLOTS[0] else SLOTS[0]
+        _refuse_running_publication(settings, state, target)
         _keep_pinned_readable(settings, state, target, lineage)
-        state["slots"][target] = {
+        claim = {
             "status": "writing",
             "lineage": lineage,
             "snapshot_ds": ds.isoformat(),
             "started_at": _now(),
+            "host": socket.gethostname(),
+            "store_root": str(settings.feast.store_root),
         }
-        pointer.write(state)  # the slot is no longer a rollback target from here on
+        lease = settings.feast.publish_lease_s
+
+        def hold() -> None:
+            """Claim the slot, or renew the claim: one compare-and-set of the record."""
+            nonlocal state
+            state["slots"][target] = {**claim, "lease_until": _after(lease)}
+            state = pointer.write(state)
+
+        hold()  # the slot is no longer a rollback target from here on
         rng = np.random.default_rng(0)
         written_rows: dict[str, int] = {}
         for entity in KNOWLEDGE_ENTITIES:
@@ -560,6 +644,7 @@ def publish_knowledge(
                     data = _chunk_to_protos(rows, entity, feature)
                     provider.online_write_batch(write_store.config, view, data, None)
                 n_written += batch.num_rows
+                hold()  # renew the lease; a claim taken over stops here
                 picks = rng.choice(
                     batch.num_rows, size=min(sample_per_chunk, batch.num_rows), replace=False
                 )
@@ -591,8 +676,7 @@ def publish_knowledge(
             "published_at": published_at,
         }
         state["live"] = target
-        state["seq"] = int(state.get("seq", 0)) + 1
-        pointer.write(state)  # THE switch: one atomic write
+        state = pointer.write(state)  # THE switch: one atomic compare-and-set
     return {
         "lineage": lineage,
         "snapshot_ds": ds.isoformat(),
@@ -628,9 +712,8 @@ def rollback(settings: Settings, store: FeatureStore | None = None) -> dict[str,
                 "publish a validated snapshot instead"
             )
         state["live"] = other
-        state["seq"] = int(state.get("seq", 0)) + 1
         state["slots"][other]["rolled_back_at"] = _now()
-        pointer.write(state)
+        state = pointer.write(state)
     live_now = live_from_state(state)
     assert live_now is not None
     return live_now

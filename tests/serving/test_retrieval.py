@@ -9,6 +9,7 @@ import struct
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -346,3 +347,43 @@ def test_store_unavailable_is_an_error(feast_settings: Settings, tmp_path: Path)
     path.write_bytes(b"not a database " * 100)
     with pytest.raises(StoreUnavailable, match="not a database"):
         KnowledgeRetriever(s).fetch(2, [1000], [100])
+
+
+@pytest.mark.parametrize("feast_settings", ["redis"], indirect=True)
+def test_slot_reused_between_the_two_reads_is_read_again(feast_settings: Settings) -> None:
+    """Categories from the item values take two Redis reads. If, between them, the slot
+    read first is given to a new publication (two publications in a row), the second read
+    must notice it from the pointer it re-reads and read the whole request again: the
+    batch is then one snapshot (the newest), never the first read's user and items with
+    the new snapshot's user x category vectors."""
+    s = feast_settings
+    published(s, "L7", D1)
+    store = apply_repo(s)
+    write_serving_online(store, "item", [1000, 1001], [_pack(100, b"a"), _pack(101, b"b")], D1)
+    d3 = D2 + dt.timedelta(days=1)
+    snap8 = write_snapshot(s, "L8", D2, n=24, salt="eight")
+    snap9 = write_snapshot(s, "L9", d3, n=24, salt="nine")
+    write_all_stats(s, D2)
+    write_all_stats(s, d3)
+
+    retriever = KnowledgeRetriever(s, category_of=_category_of)
+    first_read = retriever._transaction  # the method under test's own two reads
+    calls = 0
+
+    def read_then_republish(groups: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        result = first_read(groups)
+        if calls == 1:  # between the first and the second read: green, then blue again
+            assert publish_knowledge(s, D2, "L8", gate=True)["slot"] == "green"
+            assert publish_knowledge(s, d3, "L9", gate=True)["slot"] == "blue"
+        return result
+
+    retriever._transaction = read_then_republish  # type: ignore[method-assign]
+    batch = retriever.fetch(2, [1000, 1001], serving=True)
+    assert calls >= 3  # first read, second read (slot changed), the request read again
+    assert (batch.lineage, batch.snapshot_ds, batch.slot) == ("L9", d3.isoformat(), "blue")
+    np.testing.assert_array_equal(batch.user, snap9["user"][1][1])
+    np.testing.assert_array_equal(batch.items, snap9["item"][1][[0, 1]])
+    np.testing.assert_array_equal(batch.user_category, snap9["user_category"][1][[4, 5]])
+    assert not np.array_equal(snap8["user"][1][1], snap9["user"][1][1])
