@@ -45,6 +45,7 @@ from pydantic_settings import (
 # while data (lake, raw files, Airflow's database) lives under ``Settings.home``.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
+
 class Section(BaseModel):
     """A settings section: an unknown key is an error (a typo must not be ignored silently)."""
 

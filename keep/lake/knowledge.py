@@ -35,14 +35,28 @@ from keep.lake import delta
 # --------------------------------------------------------------------------- snapshots
 
 
-def snapshot_rows(settings: Settings, entity: str) -> dict[tuple[str, str], int]:
-    """Row count of every (lineage, snapshot_ds) of ``knowledge.<entity>``, from the Delta log."""
+def table_version(settings: Settings, entity: str) -> int | None:
+    """The latest Delta version of ``knowledge.<entity>`` (None if it was never written)."""
+    from deltalake import DeltaTable
+
+    spec = knowledge_spec(entity)
+    if not delta.table_exists(settings, spec):
+        return None
+    return int(DeltaTable(str(delta.table_path(settings, spec))).version())
+
+
+def snapshot_rows(
+    settings: Settings, entity: str, version: int | None = None
+) -> dict[tuple[str, str], int]:
+    """Row count of every (lineage, snapshot_ds) of ``knowledge.<entity>``, from the Delta log
+    (at ``version``; default the latest)."""
     from deltalake import DeltaTable
 
     spec = knowledge_spec(entity)
     if not delta.table_exists(settings, spec):
         return {}
-    actions = pa.table(DeltaTable(str(delta.table_path(settings, spec))).get_add_actions(True))
+    table = DeltaTable(str(delta.table_path(settings, spec)), version=version)
+    actions = pa.table(table.get_add_actions(True))
     rows: dict[tuple[str, str], int] = {}
     for n, lineage, day in zip(
         actions.column("num_records").to_pylist(),
@@ -85,10 +99,11 @@ def reference_lineage(
     return lin, dt.date.fromisoformat(day)
 
 
-def _dataset(settings: Settings, spec: TableSpec) -> pads.Dataset:
+def _dataset(settings: Settings, spec: TableSpec, version: int | None = None) -> pads.Dataset:
     from deltalake import DeltaTable
 
-    return DeltaTable(str(delta.table_path(settings, spec))).to_pyarrow_dataset()
+    path = str(delta.table_path(settings, spec))
+    return DeltaTable(path, version=version).to_pyarrow_dataset()
 
 
 def snapshot_filter(lineage: str, ds: dt.date) -> pc.Expression:
@@ -102,12 +117,14 @@ def snapshot_batches(
     ds: dt.date,
     columns: Sequence[str],
     batch_rows: int,
+    version: int | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """One snapshot's ``columns`` in batches of at most ``batch_rows`` rows (empty if absent)."""
+    """One snapshot's ``columns`` in batches of at most ``batch_rows`` rows (empty if absent),
+    from the table's Delta ``version`` (default the latest)."""
     spec = knowledge_spec(entity)
     if not delta.table_exists(settings, spec):
         return
-    dataset = _dataset(settings, spec)
+    dataset = _dataset(settings, spec, version)
     yield from dataset.to_batches(
         columns=list(columns), filter=snapshot_filter(lineage, ds), batch_size=batch_rows
     )

@@ -104,8 +104,7 @@ def check_file(path: Path, *, max_line_bytes: int) -> None:
         raise InputError(f"{path}: truncated or corrupt gzip ({exc}); {fix}.") from None
     except UnicodeDecodeError:
         raise InputError(
-            f"{path}: not UTF-8 text (it ends inside a character); re-export it as UTF-8, "
-            f"or {fix}."
+            f"{path}: not UTF-8 text (it ends inside a character); re-export it as UTF-8, or {fix}."
         ) from None
 
 

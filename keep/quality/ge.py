@@ -101,6 +101,8 @@ class GateReport:
     quarantine_rate: float = float("nan")
     data_docs_index: Path | None = None
     gate: str = INGEST
+    # The Delta version of each table the gate read (the knowledge gate's), by table name.
+    table_versions: dict[str, int] | None = None
 
     @property
     def failed(self) -> list[CheckResult]:
@@ -123,6 +125,8 @@ class GateReport:
         }
         if self.gate == INGEST and self.quarantine_rate == self.quarantine_rate:  # not NaN
             digest["quarantine_rate"] = self.quarantine_rate
+        if self.table_versions is not None:
+            digest["table_versions"] = dict(self.table_versions)
         return digest
 
     def summary(self) -> str:

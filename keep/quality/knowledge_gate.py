@@ -208,6 +208,7 @@ def read_snapshot(
     dim: int,
     threshold: np.uint64,
     derive: bool = True,
+    version: int | None = None,
 ) -> Snapshot:
     """Read a snapshot batch by batch; keep derived columns (if ``derive``) and the sample."""
     keys = list(ENTITIES[entity])
@@ -217,7 +218,7 @@ def read_snapshot(
     sample_vectors: list[np.ndarray] = []
     sample_recomputed: list[np.ndarray] = []
     batch_rows = settings.knowledge.export_batch_rows
-    for batch in kn.snapshot_batches(settings, entity, lineage, ds, columns, batch_rows):
+    for batch in kn.snapshot_batches(settings, entity, lineage, ds, columns, batch_rows, version):
         n = batch.num_rows
         vector = batch.column("vector")
         lengths = pc.list_value_length(vector).to_numpy(zero_copy_only=False)
@@ -379,10 +380,11 @@ def _entity_checks(
     reference: str | None,
     checkpoint: gx.Checkpoint,
     run_id: RunIdentifier,
+    version: int | None,
 ) -> list[KnowledgeCheck]:
     cfg = settings.knowledge
     table = knowledge_spec(entity).name
-    rows = kn.snapshot_rows(settings, entity)
+    rows = kn.snapshot_rows(settings, entity, version)
     n_rows = rows.get((lineage, ds.isoformat()), 0)
     if n_rows == 0:
         # The export writes its manifest after the tables: with a manifest, the snapshot was
@@ -408,7 +410,7 @@ def _entity_checks(
             )
         ]
     threshold = kn.sample_threshold(cfg.gate_sample_rows / n_rows)
-    current = read_snapshot(settings, entity, lineage, ds, dim, threshold)
+    current = read_snapshot(settings, entity, lineage, ds, dim, threshold, version=version)
 
     result = checkpoint.run(
         batch_parameters={"dataframe": current.frame},
@@ -625,10 +627,21 @@ def validate_knowledge(
     checkpoints = ensure_checkpoints(context)
     run_id = run_identifier(f"{KNOWLEDGE}_gate_{lineage}_{ds.isoformat()}")
     dim = _expected_dim(settings, lineage, ds)
+    # The snapshot is read at these versions, recorded in the report: publication publishes
+    # exactly what was checked, whatever is written to the tables after the gate.
+    versions = {e: kn.table_version(settings, e) for e in KNOWLEDGE_ENTITIES}
     checks: list[CheckResult] = []
     for entity in KNOWLEDGE_ENTITIES:
         checks += _entity_checks(
-            settings, entity, ds, lineage, dim, reference_lineage, checkpoints[entity], run_id
+            settings,
+            entity,
+            ds,
+            lineage,
+            dim,
+            reference_lineage,
+            checkpoints[entity],
+            run_id,
+            versions[entity],
         )
     report = GateReport(
         ds=ds,
@@ -636,6 +649,7 @@ def validate_knowledge(
         checks=checks,
         data_docs_index=data_docs_index(context),
         gate=KNOWLEDGE,
+        table_versions={knowledge_spec(e).name: v for e, v in versions.items() if v is not None},
     )
     log.info("%s", report.summary())
     return report

@@ -198,14 +198,25 @@ def _require_gate(gate: object, ds: dt.date, lineage: str) -> None:
         )
 
 
-def _snapshot_dataset(settings: Settings, entity: str, ds: dt.date, lineage: str) -> Any:
+def gated_versions(gate: object) -> dict[str, int]:
+    """The Delta version of each knowledge table the gate read (its report's
+    ``table_versions``); empty for a bare ``True`` (then the latest versions are read)."""
+    found = gate.get("table_versions") if isinstance(gate, Mapping) else None
+    if found is None and not isinstance(gate, (bool, Mapping)):
+        found = getattr(gate, "table_versions", None)
+    return {str(k): int(v) for k, v in (found or {}).items()}
+
+
+def _snapshot_dataset(
+    settings: Settings, entity: str, ds: dt.date, lineage: str, version: int | None
+) -> Any:
     from deltalake import DeltaTable
 
     spec = knowledge_spec(entity)
     path = settings.lake.root / spec.layer / spec.table
     if not (path / "_delta_log").is_dir():
         raise InputError(f"{spec.name} does not exist at {path}: run the knowledge export first")
-    table = DeltaTable(str(path))
+    table = DeltaTable(str(path), version=version)
     return table.to_pyarrow_dataset(
         file_pruning_predicate=[
             ("knowledge_lineage", "=", lineage),
@@ -573,7 +584,13 @@ def publish_knowledge(
     store = store or get_store(settings)
     dim = settings.pretrain.knowledge_dim
     chunk = settings.feast.publish_chunk_rows
-    datasets = {e: _snapshot_dataset(settings, e, ds, lineage) for e in KNOWLEDGE_ENTITIES}
+    # Exactly the table versions the gate validated: a write after the gate (a re-export)
+    # does not slip into the online store unchecked.
+    versions = gated_versions(gate)
+    datasets = {
+        e: _snapshot_dataset(settings, e, ds, lineage, versions.get(knowledge_spec(e).name))
+        for e in KNOWLEDGE_ENTITIES
+    }
     expected_rows = {e: _snapshot_rows(d) for e, d in datasets.items()}
     empty = [e for e, n in expected_rows.items() if n == 0]
     if empty:
@@ -686,6 +703,9 @@ def publish_knowledge(
         "tables": [knowledge_spec(e).name for e in KNOWLEDGE_ENTITIES],
         "views": [slot_view_name(e, target) for e in KNOWLEDGE_ENTITIES],
         "rows": written_rows,
+        "table_versions": {
+            knowledge_spec(e).name: versions.get(knowledge_spec(e).name) for e in KNOWLEDGE_ENTITIES
+        },
         "published_at": published_at,
         "previous": previous,
     }

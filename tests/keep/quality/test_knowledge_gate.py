@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from deltalake import write_deltalake
+from deltalake import DeltaTable, write_deltalake
 
 from keep.core.config import Settings
 from keep.core.tables import IMPRESSIONS, knowledge_spec
@@ -211,6 +211,14 @@ def test_healthy_lineage_passes_on_both_days(home: Settings) -> None:
             "knowledge.user_category",
         }
         assert report.data_docs_index is not None and report.data_docs_index.is_file()
+        # The versions it read are recorded (what publication will publish).
+        assert report.table_versions == {
+            knowledge_spec(e).name: DeltaTable(
+                str(delta.table_path(home, knowledge_spec(e)))
+            ).version()
+            for e in ("user", "item", "user_category")
+        }
+        assert report.to_dict()["table_versions"] == report.table_versions
     # Day 2's drift is the noise we added: median 1 - cos over the recomputed users,
     # computed here independently of the gate, appears in the report.
     v1, v2 = base_vectors("user"), day2_vectors("user")

@@ -19,7 +19,8 @@ import pytest
 from keep.core.config import Settings
 from keep.core.errors import GateFailed, InputError, KeepError
 from keep.core.feast_names import slot_view_name
-from keep.core.tables import ENTITIES
+from keep.core.tables import ENTITIES, KNOWLEDGE_ENTITIES, knowledge_spec
+from keep.lake.knowledge import table_version
 from keep.store.feast_repo import apply_repo, get_store
 from keep.store.publication import live_snapshot, publish_knowledge, read_pointer, rollback
 from serving.retrieval import KnowledgeRetriever
@@ -211,3 +212,21 @@ def test_batched_encodings_equal_feasts() -> None:
     for i, row in enumerate(vectors):
         expected = Value(float_list_val=FloatList(val=row.tolist())).SerializeToString()
         assert blob[i * width : (i + 1) * width] == expected
+
+
+def test_publication_publishes_the_table_versions_the_gate_read(feast_settings: Settings) -> None:
+    """A write after the gate (a re-export of the same snapshot) must not slip through: the
+    gate report names the Delta versions it validated, and exactly those are published."""
+    s = feast_settings
+    gated = write_snapshot(s, "L1", D1, n=40)
+    write_all_stats(s, D1)
+    apply_repo(s)
+    versions = {knowledge_spec(e).name: table_version(s, e) for e in KNOWLEDGE_ENTITIES}
+    report = {"success": True, "ds": D1.isoformat(), "table_versions": versions}
+    later = write_snapshot(s, "L1", D1, n=40, salt="re-exported after the gate")
+    info = publish_knowledge(s, D1, "L1", gate=report)
+    assert info["table_versions"] == versions
+    assert_serves(s, gated, D1)
+    # A bare True (no report) publishes the latest versions.
+    publish_knowledge(s, D1, "L1", gate=True)
+    assert_serves(s, later, D1)
