@@ -25,6 +25,7 @@ a stale pid file (process gone) is reported and removed. Everything is idempoten
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -50,6 +51,8 @@ from keep.flows.airflow_env import (
 )
 from keep.lake import spark_server
 from keep.store import postgres_server
+
+log = logging.getLogger(__name__)
 
 # Started in this order, stopped in this order (the scheduler first: no new task starts).
 SERVICES = ("scheduler", "dag-processor", "api-server")
@@ -393,12 +396,28 @@ def _log_of(settings: Settings, part: str) -> Path:
 
 
 def _stop(settings: Settings, name: str, *, grace_s: float = _STOP_GRACE_S) -> bool:
-    """Stop ``name`` by its pid file; True when it was running. Removes the pid file."""
+    """Stop ``name`` by its pid file; True when it (or what it left) was running. Removes
+    the pid file.
+
+    Each service leads its own session, so its process group id is the recorded pid. When
+    the leader is gone (it crashed, or was killed with the test or shell that started it)
+    but members of its group live on -- an API server's worker, a task's JVM -- those are
+    what is left of the service: they are stopped too."""
+    pid = _read_pid(settings, name)
     proc = _running(settings, name)
+    orphans = _group(pid) if proc is None and pid is not None else []
     if proc is not None:
         _stop_process(proc, grace_s=grace_s)
+    elif orphans and pid is not None:
+        log.warning("%s (pid %d) is gone; stopping what is left of its group", name, pid)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            left = [p for p in _group(pid) if _not_zombie(p)]
+            if not left:
+                break
+            _signal(left, sig)
+            psutil.wait_procs(left, timeout=grace_s if sig == signal.SIGTERM else 10.0)
     pid_file(settings, name).unlink(missing_ok=True)
-    return proc is not None
+    return proc is not None or bool(orphans)
 
 
 def down(settings: Settings, *, grace_s: float = _STOP_GRACE_S) -> list[str]:

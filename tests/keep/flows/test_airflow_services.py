@@ -10,6 +10,7 @@ at that moment (and its Spark JVM) included.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -137,6 +138,29 @@ def test_status_reports_and_removes_stale_pid_files(tmp_path: Path) -> None:
     assert not path.exists()
     assert result.health is None and result.health_error and not result.healthy
     assert down(settings) == []  # nothing to stop; idempotent
+
+
+def test_down_stops_what_a_dead_service_left_in_its_group(tmp_path: Path) -> None:
+    """The API server's main process is gone (killed with the shell or test that started
+    it) but a worker of its session lives on: `down` finds it by the process group the pid
+    file names, and stops it."""
+    settings = service_settings(tmp_path)
+    leader = subprocess.Popen(
+        ["bash", "-c", "sleep 300 & echo $!; exit 0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # as airflow_services starts every service
+    )
+    worker = int(leader.stdout.readline())  # type: ignore[union-attr]
+    leader.wait()
+    path = pid_file(settings, "api-server")
+    path.parent.mkdir(parents=True)
+    path.write_text(f"{leader.pid}\n")
+    assert psutil.pid_exists(worker) and os.getpgid(worker) == leader.pid
+    assert down(settings, grace_s=5) == ["api-server"]
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie"
+    assert not path.exists()
+    assert down(settings) == []
 
 
 # --------------------------------------------------------------------------- slow
