@@ -8,6 +8,7 @@ JVM-free reader alike (training, export, gates, the Feast offline store).
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -23,7 +24,26 @@ def table_path(settings: Settings, spec: TableSpec) -> Path:
 
 
 def table_exists(settings: Settings, spec: TableSpec) -> bool:
-    return (table_path(settings, spec) / "_delta_log").is_dir()
+    """Whether the table has a committed version (a commit file or a checkpoint in its log).
+
+    A writer killed during the very first commit can leave ``_delta_log/`` holding only
+    ``_staged_commits/`` (and data files nothing references): that is no table. It reads
+    as absent, and the next write creates version 0 over it (the stray files are never
+    read, and VACUUM removes them)."""
+    return has_commit(table_path(settings, spec))
+
+
+def has_commit(path: Path) -> bool:
+    """Whether the Delta table at ``path`` has at least one committed version."""
+    log = path / "_delta_log"
+    if not log.is_dir():
+        return False
+    with os.scandir(log) as entries:
+        return any(
+            e.name[:1].isdigit() and (e.name.endswith(".json") or ".checkpoint" in e.name)
+            for e in entries
+            if e.is_file()
+        )
 
 
 def partition_rows(settings: Settings, spec: TableSpec, ds: dt.date) -> int:

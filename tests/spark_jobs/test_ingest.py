@@ -283,6 +283,28 @@ def test_rerun_is_identical_and_changed_day_touches_only_itself(
     assert {ds: partition_bytes(settings, IMPRESSIONS, ds) for ds in (D1, D3)} == others
 
 
+@pytest.mark.slow
+def test_a_first_commit_killed_midway_reads_as_no_table_and_ingest_recovers(
+    spark: SparkSession, settings: Settings
+) -> None:
+    """What an ingest killed (out of heap) during the first write of bronze.impressions left:
+    ``_delta_log/`` with only an empty ``_staged_commits/`` and a 0-byte data file. The
+    table has no version: it reads as absent and the rerun creates it."""
+    folder = delta.table_path(settings, IMPRESSIONS)
+    (folder / "_delta_log" / "_staged_commits").mkdir(parents=True)
+    (folder / f"ds={D1.isoformat()}").mkdir()
+    (folder / f"ds={D1.isoformat()}" / "part-00000-killed.c000.snappy.parquet").touch()
+    assert not delta.table_exists(settings, IMPRESSIONS)
+    assert lake.read_table(spark, settings, IMPRESSIONS).count() == 0
+
+    generator.write_day(settings, D1)
+    counts = run_ingest(spark, settings, D1)
+    assert delta.table_exists(settings, IMPRESSIONS)
+    stored = delta_frame(settings, IMPRESSIONS, D1)
+    assert len(stored) == counts["impressions"].rows_stored > 0
+    assert DeltaTable(str(folder)).version() == 0
+
+
 # --------------------------------------------------------------------------- formats, dims, errors
 
 
