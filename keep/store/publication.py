@@ -36,6 +36,7 @@ from keep.core.tables import (
     KNOWLEDGE_ENTITIES,
     knowledge_spec,
 )
+from keep.lake.delta import has_commit
 from keep.store.feast_repo import get_store
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ def _snapshot_dataset(
 
     spec = knowledge_spec(entity)
     path = settings.lake.root / spec.layer / spec.table
-    if not (path / "_delta_log").is_dir():
+    if not has_commit(path):
         raise InputError(f"{spec.name} does not exist at {path}: run the knowledge export first")
     table = DeltaTable(str(path), version=version)
     return table.to_pyarrow_dataset(

@@ -247,7 +247,7 @@ def _source_keys(join: ViewJoin, until: dt.datetime, lineage: str | None) -> pa.
     path = Path(join.source_path)
     dataset = (
         DeltaTable(str(path)).to_pyarrow_dataset()
-        if (path / "_delta_log").is_dir()
+        if delta.has_commit(path)
         else pads.dataset(str(path), format="parquet", partitioning="hive")
     )
     cond = pc.field(join.timestamp_field) <= pa.scalar(until, pa.timestamp("us", tz="UTC"))
@@ -509,7 +509,7 @@ def write_training_set(
         ds = table["ds"][0].as_py()
         path.parent.mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, Any] = {"partition_by": list(spec.partition_by)}
-        if (path / "_delta_log").is_dir():
+        if delta.has_commit(path):
             kwargs["predicate"] = f"{LINEAGE} = '{lineage}' AND ds = '{ds}'"
         write_deltalake(
             str(path), table, mode="overwrite" if "predicate" in kwargs else "append", **kwargs

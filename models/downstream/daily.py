@@ -78,7 +78,7 @@ SWITCH_RULES = ("procrustes", "reinit", "none")
 def _read(settings: Settings, spec_name: str, path: Any, filters: list[Any]) -> pa.Table:
     from deltalake import DeltaTable
 
-    if not (path / "_delta_log").is_dir():
+    if not delta.has_commit(path):
         raise InputError(f"{spec_name} does not exist at {path}: build it first")
     return DeltaTable(str(path)).to_pyarrow_table(filters=filters)
 
