@@ -694,6 +694,9 @@ def publish_knowledge(
             "published_at": published_at,
         }
         state["live"] = target
+        # How often the live slot changed (publications and rollbacks); ``seq`` counts
+        # every write of the record (claims and lease renewals too).
+        state["switches"] = int(state.get("switches", 0)) + 1
         state = pointer.write(state)  # THE switch: one atomic compare-and-set
     return {
         "lineage": lineage,
@@ -733,6 +736,7 @@ def rollback(settings: Settings, store: FeatureStore | None = None) -> dict[str,
                 "publish a validated snapshot instead"
             )
         state["live"] = other
+        state["switches"] = int(state.get("switches", 0)) + 1
         state["slots"][other]["rolled_back_at"] = _now()
         state = pointer.write(state)
     live_now = live_from_state(state)

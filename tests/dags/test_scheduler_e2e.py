@@ -96,6 +96,9 @@ def _versions(settings: Settings) -> list[tuple[str, str, list[str], bool]]:
 
 
 @pytest.mark.slow
+# Two days of both DAGs under a real scheduler, plus the uninterrupted reference: 15-25 min
+# on a loaded 2-core machine, more than the suite's default per-test limit.
+@pytest.mark.timeout(2700)
 def test_scheduler_runs_both_dags_and_survives_a_crash(tmp_path: Path) -> None:
     # The uninterrupted reference: the same days, in this process, in another home.
     reference = _settings(tmp_path / "reference")

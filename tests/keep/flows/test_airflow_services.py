@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from keep.core.config import Settings, display_settings
 from keep.flows import airflow_services, cli
-from keep.flows.airflow_api import AirflowClient
+from keep.flows.airflow_api import AirflowApiError, AirflowClient
 from keep.flows.airflow_env import (
     COMPUTE_POOL,
     DAG_ID,
@@ -40,13 +40,23 @@ SECRET = "s3cret-pw"
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout_s: float) -> T:
+    """Poll ``check`` until it returns something true. A poll that finds the API server too
+    busy to answer in time (a loaded 2-core machine) is polled again; the last such error
+    is reported if the deadline passes."""
     deadline = time.monotonic() + timeout_s
+    busy: AirflowApiError | None = None
     while True:
-        value = check()
+        try:
+            value = check()
+        except AirflowApiError as exc:
+            busy, value = exc, None
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            raise AssertionError(
+                f"timed out after {timeout_s:.0f} s waiting for {what}"
+                + (f" (last API error: {busy})" if busy else "")
+            )
         time.sleep(2.0)
 
 
