@@ -28,10 +28,21 @@ SPAWN = multiprocessing.get_context("spawn")  # delta-rs' runtime refuses a fork
 
 
 def _publish_at_the_barrier(settings: Settings, ds: dt.date, barrier: Any, results: Any) -> None:
-    """Child process ("a host"): wait for the other one, then publish ``ds``."""
+    """Child process ("a host"): wait for the other one, then publish ``ds``, pausing after
+    the first chunk so that the two publications overlap whichever host is faster."""
+    import time
+
+    paused = False
+
+    def on_chunk(entity: str, rows: int) -> None:
+        nonlocal paused
+        if not paused:
+            paused = True
+            time.sleep(10)
+
     barrier.wait(timeout=120)
     try:
-        info = publish_knowledge(settings, ds, "L1", gate=True)
+        info = publish_knowledge(settings, ds, "L1", gate=True, on_chunk=on_chunk)
         results.put((ds.isoformat(), "published", info["slot"]))
     except KeepError as exc:
         results.put((ds.isoformat(), type(exc).__name__, str(exc)))
