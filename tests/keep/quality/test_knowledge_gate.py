@@ -53,9 +53,8 @@ def ge_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("ge")
 
 
-@pytest.fixture
-def home(tmp_path: Path, ge_root: Path) -> Settings:
-    settings = make_settings(
+def gate_settings(tmp_path: Path, ge_root: Path) -> Settings:
+    return make_settings(
         tmp_path,
         pretrain={"knowledge_dim": DIM},
         validation={"ge_root": ge_root},
@@ -63,6 +62,11 @@ def home(tmp_path: Path, ge_root: Path) -> Settings:
         # (the warm-up has its own test).
         knowledge={"export_batch_rows": 128, "drift_warmup_snapshots": 0},
     )
+
+
+@pytest.fixture
+def home(tmp_path: Path, ge_root: Path) -> Settings:
+    settings = gate_settings(tmp_path, ge_root)
     for ds in (D1, D2):
         write_impressions(settings, ds)
     return settings
@@ -398,12 +402,7 @@ def test_wrong_event_timestamp_is_rejected(home: Settings) -> None:
 
 def test_null_keys_are_rejected(tmp_path: Path, ge_root: Path) -> None:
     """A knowledge table written by another writer whose key column allows nulls."""
-    settings = make_settings(
-        tmp_path,
-        pretrain={"knowledge_dim": DIM},
-        validation={"ge_root": ge_root},
-        knowledge={"export_batch_rows": 128, "drift_warmup_snapshots": 0},
-    )
+    settings = gate_settings(tmp_path, ge_root)
     write_impressions(settings, D1)
     spec = knowledge_spec("item")
     nullable = pa.schema([f.with_nullable(True) if f.name == "item_id" else f for f in spec.schema])
