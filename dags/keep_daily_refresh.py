@@ -16,6 +16,7 @@ The KEEP platform's daily refresh: one run per logical day `ds` (UTC).
 | `export_knowledge` | user, item and user x category knowledge vectors of `ds` -> Delta `knowledge.*` (+ manifest) |
 | `validate_knowledge` | knowledge gate (dimension, finite, norms, coverage, collapse, drift) |
 | `publish_knowledge` | the gated snapshot goes live in Feast's online store (non-live slot, then one pointer switch); emits the `keep_knowledge` Asset event naming lineage, snapshot and tables, which triggers `keep_downstream_ctr` |
+| `maintain` | lake maintenance: retention of old partitions, knowledge snapshots, checkpoints and model files nothing uses; compaction; Delta VACUUM (`maintenance.*` settings, docs/operations.md) |
 
 Failures: a failed gate (or input a step refuses) fails its task at once, without retries,
 and nothing downstream of it runs; any other error is retried (`airflow.retries`,

@@ -382,6 +382,41 @@ class KnowledgeSettings(Section):
     pairwise_sample_rows: PositiveInt = 1_000
 
 
+class MaintenanceSettings(Section):
+    """The daily lake maintenance step, after publication (keep.flows.maintenance,
+    docs/operations.md, "A year on one disk"). Retentions count pipeline days (``ds``),
+    except VACUUM's, which is Delta's own (wall-clock hours since a file was removed)."""
+
+    # Delta VACUUM: files removed from a table (and files no commit references, from killed
+    # writers) are deleted once older than this. 7 days is Delta's default: readers of a
+    # version older than that (time travel, a long-running reader) may fail.
+    vacuum_retention_hours: NonNegativeInt = 168
+    # Compaction: a partition with more than one file smaller than this is rewritten into
+    # files of about this size (delta-rs optimize.compact).
+    compact_target_mb: PositiveInt = 128
+    # Impressions (bronze) older than this many days are dropped. None: kept forever (the
+    # long history the platform exists for). Keep it above the longest counter window plus
+    # ingest.dedup_lookback_days, or a full recomputation (`keep backfill`) cannot see them.
+    bronze_days_kept: PositiveInt | None = None
+    # Landed raw files (lake.raw_root) of days already ingested are deleted after this many
+    # days (bronze and its quarantine hold every row; a re-ingest needs them, so not at
+    # once). None: never deleted (the landing zone is someone else's to clean).
+    raw_days_kept: PositiveInt | None = 14
+    # Gold tables (samples, training sets, downstream serving features): days kept. A
+    # backfill of older days recomputes them from bronze.
+    gold_days_kept: PositiveInt = 60
+    # Knowledge snapshots kept (days), besides the ones still in use: both online slots'
+    # snapshots and the newest snapshot of every lineage in use (the pre-training lineage,
+    # the live and previous online lineages, the live downstream models' lineages).
+    knowledge_days_kept: PositiveInt = 14
+    # Pre-training checkpoints (and downstream candidates) kept per lineage (days); the
+    # newest checkpoint of every lineage in use is kept whatever its age.
+    checkpoint_days_kept: PositiveInt = 7
+    # Downstream model versions whose files are kept: the live one, the last N it can be
+    # rolled back to, and the N newest (the registry keeps every version's card and row).
+    model_versions_kept: PositiveInt = 5
+
+
 class FeastSettings(Section):
     """The Feast feature store over the lake (feature_repo/, docs/feast.md)."""
 
@@ -463,6 +498,7 @@ class Settings(BaseSettings):
     pretrain: PretrainSettings = Field(default_factory=PretrainSettings)
     knowledge: KnowledgeSettings = Field(default_factory=KnowledgeSettings)
     downstream: DownstreamSettings = Field(default_factory=DownstreamSettings)
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
     feast: FeastSettings = Field(default_factory=FeastSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
 

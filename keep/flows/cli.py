@@ -312,6 +312,19 @@ def publish(ds: DateOpt) -> None:
 
 @app.command()
 @_friendly
+def maintain(ds: DateOpt) -> None:
+    """Lake maintenance as of day D: retention, compaction, VACUUM, old checkpoints and
+    lineages nothing uses (settings.maintenance; the daily pipeline's last step)."""
+    from keep.flows import pipeline
+
+    result = pipeline.maintain(_existing_home(), ds.date())
+    usage = result["disk_bytes"]
+    out.print_json(data=pipeline.to_json({k: v for k, v in result.items() if k != "tables"}))
+    out.print(f"KEEP home after maintenance: {usage['total'] / 2**20:,.1f} MB")
+
+
+@app.command()
+@_friendly
 def rollback() -> None:
     """Make the previously live knowledge snapshot live again (one pointer switch)."""
     from keep.store.publication import rollback as roll_back

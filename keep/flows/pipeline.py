@@ -176,6 +176,14 @@ def publish_knowledge(settings: Settings, ds: dt.date) -> dict[str, Any]:
     return publish(settings, ds, lineage, gate=gate_report, store=store)
 
 
+def maintain(settings: Settings, ds: dt.date) -> dict[str, Any]:
+    """Lake maintenance after the day's publication: retention, compaction, VACUUM, old
+    checkpoints, lineages nothing uses (keep.flows.maintenance; settings.maintenance)."""
+    from keep.flows.maintenance import maintain as run
+
+    return run(settings, ds)
+
+
 def train_downstream(
     settings: Settings, ds: dt.date, *, arms: list[str] | None = None, train: bool = True
 ) -> dict[str, Any]:
@@ -224,6 +232,7 @@ STEPS: dict[str, Step] = {
     "export_knowledge": export_knowledge,
     "validate_knowledge": validate_knowledge,
     "publish_knowledge": publish_knowledge,
+    "maintain": maintain,
 }
 
 

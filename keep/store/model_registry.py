@@ -109,6 +109,11 @@ def _read_pointer(settings: Settings, subsystem: str) -> dict[str, Any]:
     return data
 
 
+def pointer_state(settings: Settings, subsystem: str) -> dict[str, Any]:
+    """The live pointer's record: ``live`` version, rollback ``history``, ``seq``."""
+    return _read_pointer(settings, subsystem)
+
+
 def _write_pointer(settings: Settings, subsystem: str, state: dict[str, Any]) -> None:
     state = {**state, "seq": int(state.get("seq", 0)) + 1, "updated_at": _now()}
     atomic_write_text(_pointer_path(settings, subsystem), json.dumps(state, indent=2) + "\n")
@@ -371,6 +376,7 @@ def promote(settings: Settings, subsystem: str, version: int) -> ModelVersion:
         target = get(settings, subsystem, version)
         if not target.gate.get("success"):
             raise KeepError(f"{target.name} did not pass the model gate: it cannot go live")
+        _require_files(target)
         _write_pointer(settings, subsystem, _switched(_read_pointer(settings, subsystem), version))
     return get(settings, subsystem, version)
 
@@ -388,3 +394,45 @@ def rollback(settings: Settings, subsystem: str) -> ModelVersion:
         previous = history.pop()
         _write_pointer(settings, subsystem, {**state, "live": previous, "history": history})
     return get(settings, subsystem, int(previous))
+
+
+def _require_files(version: ModelVersion) -> None:
+    if not Path(version.checkpoint).is_file():
+        raise KeepError(
+            f"{version.name}: its model file was removed by lake maintenance "
+            "(maintenance.model_versions_kept); register a newer version instead"
+        )
+
+
+def prune_versions(settings: Settings, subsystem: str, keep: int) -> dict[str, int]:
+    """Delete the model files of versions that can no longer go live: every version but the
+    live one, the last ``keep`` it can be rolled back to and the ``keep`` newest. Their
+    card, ``version.json`` and registry row stay (what was trained, on what, how it did);
+    the rollback history is cut to the versions whose files are kept. Returns counts."""
+    deleted = {"versions": 0, "bytes": 0}
+    folder = subsystem_dir(settings, subsystem)
+    if not folder.is_dir():
+        return deleted
+    with _lock(settings, subsystem):
+        state = _read_pointer(settings, subsystem)
+        history = [int(v) for v in state.get("history", [])][-keep:]
+        numbers = sorted(int(p.name[1:]) for p in folder.glob("v[0-9]*") if p.name[1:].isdigit())
+        kept = set(history) | set(numbers[-keep:])
+        if state.get("live") is not None:
+            kept.add(int(state["live"]))
+        if history != [int(v) for v in state.get("history", [])]:
+            _write_pointer(settings, subsystem, {**state, "history": history})
+        for number in numbers:
+            model = version_dir(settings, subsystem, number) / CHECKPOINT
+            if number in kept or not model.is_file():
+                continue
+            deleted["bytes"] += model.stat().st_size
+            model.unlink()
+            deleted["versions"] += 1
+    return deleted
+
+
+def subsystems(settings: Settings) -> list[str]:
+    """Every subsystem with a registry folder."""
+    root = settings.downstream.registry_root
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []

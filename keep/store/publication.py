@@ -742,3 +742,34 @@ def rollback(settings: Settings, store: FeatureStore | None = None) -> dict[str,
     live_now = live_from_state(state)
     assert live_now is not None
     return live_now
+
+
+def clear_dead_slot(
+    settings: Settings, in_use: set[str], store: FeatureStore | None = None
+) -> dict[str, Any] | None:
+    """Empty the non-live slot when it holds a snapshot of a lineage nothing uses any more
+    (``in_use``: the live lineage, the lineages the live downstream models and those they
+    can be rolled back to were trained on, the pre-training lineage). Such a snapshot can
+    never be rolled back to usefully, and it holds a whole snapshot of online memory.
+    Returns what was cleared (None: nothing). A slot being written is left alone."""
+    store = store or get_store(settings)
+    pointer = Pointer(settings, store)
+    with _publication_lock(settings):
+        state = pointer.read()
+        live = state.get("live")
+        if live is None:
+            return None
+        other = SLOTS[1] if live == SLOTS[0] else SLOTS[0]
+        held = dict(state["slots"].get(other, {}))
+        if held.get("status") != "complete" or held.get("lineage") in in_use:
+            return None
+        # Mark it empty first: from here it is no rollback target, then free its rows.
+        state["slots"][other] = {
+            "status": "empty",
+            "cleared_at": _now(),
+            "cleared": {"lineage": held.get("lineage"), "snapshot_ds": held.get("snapshot_ds")},
+        }
+        pointer.write(state)
+        for entity in KNOWLEDGE_ENTITIES:
+            _clear_slot_view(store, store.get_feature_view(slot_view_name(entity, other)))
+    return {"slot": other, "lineage": held.get("lineage"), "snapshot_ds": held.get("snapshot_ds")}

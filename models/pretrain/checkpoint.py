@@ -201,3 +201,42 @@ def load_checkpoint(
     model = model_from_snapshot(snapshot)
     model.eval()
     return LoadedCheckpoint(model=model, lineage=name, ds=ds, meta=snapshot.meta, path=path)
+
+
+def prune_checkpoints(
+    settings: Settings, ds: dt.date, keep_days: int, in_use: set[str]
+) -> dict[str, int]:
+    """Retention of the checkpoint folder as of day ``ds``: in every lineage, day files
+    (``.pt`` and mid-run ``.partial.pt``) older than ``keep_days`` days are deleted, except
+    the newest checkpoint of each lineage in ``in_use`` (or the current one), which a
+    warm start or a rollback may still need; a lineage not in use with no day left is
+    removed whole. The day's metrics (``.json``) of kept lineages stay: they are the
+    lineage's history, a few KB a day. Returns counts of what was deleted."""
+    import shutil
+
+    root = settings.pretrain.checkpoint_root
+    deleted = {"files": 0, "lineages": 0, "bytes": 0}
+    if not root.is_dir():
+        return deleted
+    cut = ds - dt.timedelta(days=keep_days - 1)
+    keep_lineages = set(in_use) | {current_lineage(settings) or ""}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        days = checkpoint_days(settings, folder.name)
+        kept = {d for d in days if d >= cut}
+        if folder.name in keep_lineages and days:
+            kept.add(days[-1])
+        if not kept and folder.name not in keep_lineages and days:
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+            shutil.rmtree(folder)
+            deleted["lineages"] += 1
+            deleted["bytes"] += size
+            continue
+        for path in folder.glob("ds=*.pt"):
+            day = dt.date.fromisoformat(path.name[3:13])
+            partial = path.name.endswith(".partial.pt")
+            if day >= cut or (day in kept and not partial):
+                continue  # recent (a partial one may be resumed), or still in use
+            deleted["bytes"] += path.stat().st_size
+            path.unlink()
+            deleted["files"] += 1
+    return deleted

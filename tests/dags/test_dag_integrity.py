@@ -127,6 +127,7 @@ def test_daily_refresh_shape(dagbag: dict[str, Any], settings: Settings) -> None
         "export_knowledge",
         "validate_knowledge",
         "publish_knowledge",
+        "maintain",
     ]
     assert set(tasks) == set(chain)
     # A chain in this order, nothing else: every gate stops everything after it.

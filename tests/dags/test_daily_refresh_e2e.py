@@ -62,6 +62,7 @@ def test_one_day_through_airflow(tmp_path: Path) -> None:
             "export_knowledge",
             "validate_knowledge",
             "publish_knowledge",
+            "maintain",
         )
     }
 

@@ -230,3 +230,35 @@ def test_publication_publishes_the_table_versions_the_gate_read(feast_settings: 
     # A bare True (no report) publishes the latest versions.
     publish_knowledge(s, D1, "L1", gate=True)
     assert_serves(s, later, D1)
+
+
+def test_maintenance_empties_the_slot_of_a_lineage_nothing_uses(feast_settings: Settings) -> None:
+    from keep.store.publication import Pointer, _count_sqlite_rows, clear_dead_slot
+
+    s = feast_settings
+    write_snapshot(s, "L1", D1, n=40)
+    write_all_stats(s, D1)
+    store = apply_repo(s)
+    publish_knowledge(s, D1, "L1", gate=True)
+    second = write_snapshot(s, "L2", D2, n=30)
+    publish_knowledge(s, D2, "L2", gate=True)  # blue: L1 (rollback target), green: L2 live
+
+    assert clear_dead_slot(s, {"L1", "L2"}) is None  # L1 still in use: nothing cleared
+    assert read_pointer(s)["slots"]["blue"]["status"] == "complete"
+
+    cleared = clear_dead_slot(s, {"L2"})
+    assert cleared == {"slot": "blue", "lineage": "L1", "snapshot_ds": D1.isoformat()}
+    state = read_pointer(s)
+    assert state["live"] == "green" and state["slots"]["blue"]["status"] == "empty"
+    views = [store.get_feature_view(slot_view_name(e, "blue")) for e in ENTITIES]
+    if s.feast.online_store == "sqlite":
+        assert [_count_sqlite_rows(store, v) for v in views] == [0, 0, 0]
+    else:
+        client = Pointer(s, store)._redis()
+        fields = {f for key in client.scan_iter() if client.type(key) == b"hash"
+                  for f in client.hkeys(key)}  # fmt: skip
+        assert fields and not {f"_ts:{v.name}".encode() for v in views} & fields
+    with pytest.raises(KeepError, match="no complete snapshot"):
+        rollback(s)
+    assert_serves(s, second, D2)
+    assert clear_dead_slot(s, {"L2"}) is None  # idempotent
