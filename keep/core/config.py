@@ -62,7 +62,8 @@ class SparkSettings(Section):
     master: str = "local[2]"
     # A Spark Connect server (``sc://host:port``) to run every job on instead of a Spark of
     # this process's own: one long-lived, warm JVM for every task of every day
-    # (``keep spark-server``; docs/operations.md). Unset: each process starts its own Spark.
+    # (``keep spark-server``; docs/airflow.md, "The Spark server"). Unset: each process
+    # starts its own Spark.
     remote: str | None = None
     app_name: str = "keep"
     driver_memory: str = "2g"

@@ -5,7 +5,7 @@ Without it, each process that runs a Spark step starts a Spark of its own: a JVM
 ones (~10 s more for a day's ingest). Under a scheduler every task is its own process, so a
 day pays that six times. With the server, the steps are thin Spark Connect clients
 (``settings.spark.remote``) and the server, started once with the same configuration
-(``keep.lake.spark.spark_conf``: master, heap, Delta), runs their jobs (docs/operations.md,
+(``keep.lake.spark.spark_conf``: master, heap, Delta), runs their jobs (docs/airflow.md,
 "The Spark server").
 
     server = start(settings, home / "var" / "spark-server")
