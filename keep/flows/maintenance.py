@@ -66,7 +66,7 @@ def in_use(settings: Settings, *, online: bool = True) -> dict[str, Any]:
 
     ``online=False`` skips the Feast publication record (no online store configured yet)."""
     from keep.store import model_registry
-    from models.pretrain.checkpoint import current_lineage
+    from models.pretrain.layout import current_lineage
 
     lineages: set[str] = set()
     snapshots: set[tuple[str, str]] = set()
@@ -137,8 +137,8 @@ def maintain(settings: Settings, ds: dt.date, *, online: bool = True) -> dict[st
     """Day ``ds``'s lake maintenance (see the module's docstring); returns what it did and
     the bytes each part of the KEEP home takes after it."""
     from keep.store import model_registry
-    from models.downstream.candidate import prune_candidates
-    from models.pretrain.checkpoint import prune_checkpoints
+    from models.downstream.layout import prune_candidates
+    from models.pretrain.layout import prune_checkpoints
 
     m = settings.maintenance
     used = in_use(settings, online=online)
@@ -184,7 +184,7 @@ def maintain(settings: Settings, ds: dt.date, *, online: bool = True) -> dict[st
         *(serving_features_spec(e) for e in SERVING_ENTITIES),
     ):
         run(spec, _older(partition_values(settings, spec), "ds", gold_cut), compact=False)
-    run(MODEL_REGISTRY, compact=False)
+    run(MODEL_REGISTRY, compact=True)  # appends only: a compaction never conflicts with them
 
     raw = prune_raw(settings, ds)
     checkpoints = prune_checkpoints(settings, ds, m.checkpoint_days_kept, used["lineages"])

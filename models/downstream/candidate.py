@@ -41,16 +41,13 @@ from keep.core.errors import InputError
 from keep.core.files import atomic_write_text
 from models.downstream.checkpoint import load_model, model_path, save_model
 from models.downstream.daily import Arms, aligned, day_table, metrics_of
+from models.downstream.layout import candidate_dir
 from models.downstream.trainer import predict
 
 log = logging.getLogger(__name__)
 
 ARM = "keep"
 CONTROL = "base"
-
-
-def candidate_dir(settings: Settings, lineage: str, snapshot_ds: str) -> Path:
-    return settings.downstream.checkpoint_root / "candidates" / lineage / snapshot_ds
 
 
 def holdout_mask(table: pa.Table, fraction: float) -> np.ndarray:
@@ -174,27 +171,3 @@ def evaluate_candidate(
             )
             result["live_note"] = f"live version scored with lineage {live_lineage}"
     return result
-
-
-def prune_candidates(settings: Settings, ds: dt.date, keep_days: int) -> dict[str, int]:
-    """Delete candidate folders of knowledge snapshots older than ``keep_days`` days before
-    ``ds`` (a registered candidate's model is copied into the registry; the rest are the
-    trace of a gate decision, kept that long). Returns counts of what was deleted."""
-    import shutil
-
-    root = settings.downstream.checkpoint_root / "candidates"
-    deleted = {"candidates": 0, "bytes": 0}
-    if not root.is_dir():
-        return deleted
-    cut = (ds - dt.timedelta(days=keep_days - 1)).isoformat()
-    for lineage in sorted(p for p in root.iterdir() if p.is_dir()):
-        for snapshot in sorted(p for p in lineage.iterdir() if p.is_dir()):
-            if snapshot.name < cut:
-                deleted["bytes"] += sum(
-                    f.stat().st_size for f in snapshot.rglob("*") if f.is_file()
-                )
-                shutil.rmtree(snapshot)
-                deleted["candidates"] += 1
-        if not any(lineage.iterdir()):
-            lineage.rmdir()
-    return deleted
