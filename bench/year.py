@@ -77,9 +77,10 @@ def fake_array(field_type: pa.DataType, n: int, rng: np.random.Generator, name: 
     if pa.types.is_boolean(t):
         return pa.array(rng.random(n) < 0.5, t)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return pa.array([f"{name}-{v}" for v in rng.integers(0, 1_000_000, n)], t)
+        return pa.array(np.char.add(f"{name}-", rng.integers(0, 1_000_000, n).astype(str)), t)
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        return pa.array([rng.bytes(64) for _ in range(n)], t)
+        raw = pa.py_buffer(rng.bytes(64 * n))
+        return pa.FixedSizeBinaryArray.from_buffers(pa.binary(64), n, [None, raw]).cast(t)
     if pa.types.is_timestamp(t):
         return pa.array(np.full(n, 1_767_225_600_000_000, dtype=np.int64), pa.int64()).cast(t)
     if pa.types.is_date(t):
@@ -105,7 +106,7 @@ def fake_table(schema: pa.Schema, n: int, rng: np.random.Generator, **fixed: Any
     for f in schema:
         if isinstance(fixed.get(f.name), list):
             values = fixed[f.name]
-            columns.append(pa.array([values[k % len(values)] for k in range(n)], f.type))
+            columns.append(pa.array(np.resize(np.array(values), n), f.type))
         elif f.name in fixed:
             columns.append(pa.array([fixed[f.name]] * n, f.type))
         else:

@@ -149,10 +149,9 @@ def maintain(settings: Settings, ds: dt.date, *, online: bool = True) -> dict[st
     def run(spec: TableSpec, drop: list[dict[str, str]] | None = None, *, compact: bool) -> None:
         report = maintain_table(settings, spec, drop=drop, compact_files=compact)
         log.info(
-            "%s: dropped %d partitions (%d rows), compacted %d files, vacuumed %d files, "
-            "%.1f -> %.1f MB",
+            "%s: dropped %d partitions (%d rows), compacted %d files, vacuumed %d files",
             spec.name, report.dropped_partitions, report.dropped_rows, report.compacted_files,
-            report.vacuumed_files, report.bytes_before / 2**20, report.bytes_after / 2**20,
+            report.vacuumed_files,
         )  # fmt: skip
         tables.append(report.to_dict())
 

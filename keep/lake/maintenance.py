@@ -27,8 +27,6 @@ class TableMaintenance:
     dropped_rows: int = 0
     compacted_files: int = 0
     vacuumed_files: int = 0
-    bytes_before: int = 0
-    bytes_after: int = 0
     version: int | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -55,13 +53,12 @@ def _escape(value: str) -> str:
 
 
 def drop_partitions(
-    settings: Settings, spec: TableSpec, partitions: list[dict[str, str]]
+    table: Any, spec: TableSpec, partitions: list[dict[str, str]]
 ) -> tuple[int, int]:
-    """Delete whole partitions (``[{column: value, ...}, ...]``, on partition columns only) in
-    one commit; returns (partitions dropped, rows deleted). The files stay until VACUUM."""
-    from deltalake import DeltaTable
-
-    if not partitions or not delta.table_exists(settings, spec):
+    """Delete whole partitions (``[{column: value, ...}, ...]``, on partition columns only) of
+    the open delta-rs ``table`` in one commit; returns (partitions dropped, rows deleted). The
+    files stay until VACUUM."""
+    if not partitions:
         return 0, 0
     for part in partitions:
         unknown = set(part) - set(spec.partition_by)
@@ -71,7 +68,7 @@ def drop_partitions(
         "(" + " AND ".join(f"{c} = '{_escape(v)}'" for c, v in sorted(p.items())) + ")"
         for p in partitions
     )
-    metrics = DeltaTable(str(delta.table_path(settings, spec))).delete(predicate)
+    metrics = table.delete(predicate)
     return len(partitions), int(metrics.get("num_deleted_rows") or 0)
 
 
@@ -89,39 +86,28 @@ def partition_values(settings: Settings, spec: TableSpec) -> list[dict[str, str]
     return [dict(zip(spec.partition_by, values, strict=True)) for values in sorted(seen)]
 
 
-def compact(settings: Settings, spec: TableSpec) -> int:
-    """Rewrite partitions holding several small files into files of about
-    ``maintenance.compact_target_mb`` (one commit; the rows are unchanged). Returns the
-    number of files removed (0 when every partition already has one file)."""
-    from deltalake import DeltaTable
-
-    if not delta.table_exists(settings, spec):
-        return 0
-    table = DeltaTable(str(delta.table_path(settings, spec)))
+def compact(settings: Settings, table: Any) -> int:
+    """Rewrite partitions of the open delta-rs ``table`` holding several small files into
+    files of about ``maintenance.compact_target_mb`` (one commit; the rows are unchanged).
+    Returns the number of files removed (0 when every partition already has one file)."""
     metrics = table.optimize.compact(
         target_size=settings.maintenance.compact_target_mb * 2**20, max_concurrent_tasks=1
     )
     return int(metrics.get("numFilesRemoved") or 0)
 
 
-def vacuum(settings: Settings, spec: TableSpec, *, retention_hours: int | None = None) -> int:
-    """Delete files no version within the retention needs: files removed from the table more
-    than ``maintenance.vacuum_retention_hours`` ago, and files no commit references (left by
-    a writer killed before its commit) older than that. Then write a log checkpoint and
-    expire old log entries (Delta's log retention). Returns the number of files deleted."""
-    from deltalake import DeltaTable
-
-    path = delta.table_path(settings, spec)
-    if not delta.table_exists(settings, spec):
-        return 0
+def vacuum(settings: Settings, table: Any, *, retention_hours: int | None = None) -> int:
+    """Delete files no version within the retention needs: files removed from the open
+    delta-rs ``table`` more than ``maintenance.vacuum_retention_hours`` ago, and files no
+    commit references (left by a writer killed before its commit) older than that. Then
+    write a log checkpoint and expire old log entries (Delta's log retention, the table's
+    ``logRetentionDuration``). Returns the number of files deleted."""
     hours = (
         settings.maintenance.vacuum_retention_hours if retention_hours is None else retention_hours
     )
-    table = DeltaTable(str(path))
     removed = table.vacuum(
         retention_hours=hours, dry_run=False, enforce_retention_duration=False, full=True
     )
-    table = DeltaTable(str(path))
     table.create_checkpoint()
     table.cleanup_metadata()
     return len(removed)
@@ -135,18 +121,18 @@ def maintain_table(
     compact_files: bool = True,
     retention_hours: int | None = None,
 ) -> TableMaintenance:
-    """Drop ``drop``'s partitions, compact, VACUUM: one table's daily maintenance."""
+    """Drop ``drop``'s partitions, compact, VACUUM: one table's daily maintenance (each a
+    commit of its own, on one open table)."""
     from deltalake import DeltaTable
 
-    path = delta.table_path(settings, spec)
-    report = TableMaintenance(table=spec.name, bytes_before=tree_bytes(path))
+    report = TableMaintenance(table=spec.name)
     if not delta.table_exists(settings, spec):
         report.notes.append("no committed version: nothing to maintain")
         return report
-    report.dropped_partitions, report.dropped_rows = drop_partitions(settings, spec, drop or [])
+    table = DeltaTable(str(delta.table_path(settings, spec)))
+    report.dropped_partitions, report.dropped_rows = drop_partitions(table, spec, drop or [])
     if compact_files:
-        report.compacted_files = compact(settings, spec)
-    report.vacuumed_files = vacuum(settings, spec, retention_hours=retention_hours)
-    report.version = int(DeltaTable(str(path)).version())
-    report.bytes_after = tree_bytes(path)
+        report.compacted_files = compact(settings, table)
+    report.vacuumed_files = vacuum(settings, table, retention_hours=retention_hours)
+    report.version = int(table.version())
     return report
