@@ -1,6 +1,6 @@
 """Benchmark: SIGKILL every writing step at several points, rerun it, compare with a clean run.
 
-    .venv/bin/python bench/chaos.py                               # defaults (~25 min on 2 cores)
+    .venv/bin/python bench/chaos.py                               # defaults (~27 min on 2 cores)
     .venv/bin/python bench/chaos.py --steps publish_knowledge --points early commit
     .venv/bin/python bench/chaos.py --help                        # every option
 
