@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from keep.core.errors import InputError
@@ -240,6 +241,13 @@ class SampleReader:
             num_workers=self.workers,
             collate_fn=_identity,  # type: ignore[arg-type]
             prefetch_factor=2 if self.workers else None,
+            # The loader draws its workers' base seed from this generator each time it is
+            # iterated; by default it would draw from torch's global generator, so a run
+            # resumed mid-epoch (one more iteration) would leave a different global RNG state
+            # in its checkpoint than a run never interrupted. The reader's own seed decides.
+            generator=torch.Generator().manual_seed(
+                int(np.random.default_rng([self.seed, epoch, self.rank]).integers(2**62))
+            ),
         )
         pending: list[SampleBatch] = []
         have = 0

@@ -14,10 +14,12 @@ from keep.core.config import Settings
 from keep.core.errors import InputError
 from models.pretrain.checkpoint import (
     checkpoint_days,
+    checkpoint_path,
     current_lineage,
     load_checkpoint,
     metrics_path,
     partial_path,
+    read_snapshot,
 )
 from models.pretrain.features import sample_columns
 from models.pretrain.multitask import MultiTaskModel
@@ -133,6 +135,10 @@ def test_killed_run_resumes_to_identical_weights(tmp_path: Path, stop_after: int
     # was at a multiple of 5 steps, so the resumed run redid the steps after it.
     assert saved["train"]["steps"] == 40 - (stop_after // 5) * 5
     assert_same_weights(weights(straight, D2), weights(broken, D2))
+    # The RNG state the next day's warm start restores is the same too (the reader draws
+    # nothing from torch's global generator, however often it is restarted).
+    rng = [read_snapshot(checkpoint_path(s, ref.lineage, D2)).torch_rng for s in (straight, broken)]
+    assert torch.equal(*rng)
     assert resumed.metrics["click_auc"] == pytest.approx(ref.metrics["click_auc"])
 
 
