@@ -197,3 +197,90 @@ def test_maintenance_keeps_what_is_in_use_and_drops_the_rest(home: Settings) -> 
     assert all(t["dropped_partitions"] == 0 for t in again["tables"])
     # The one rollback target left still has its model.
     assert model_registry.rollback(s, "ads").version == 3
+
+
+def table_rows(root: Path) -> dict[str, list[str]]:
+    """Every Delta table under ``root``: its rows as sorted JSON lines."""
+    out = {}
+    for log in sorted(root.glob("var/lake/*/*/_delta_log")):
+        t = DeltaTable(str(log.parent)).to_pyarrow_table()
+        out[str(log.parent.relative_to(root))] = sorted(
+            json.dumps(r, sort_keys=True, default=str) for r in t.to_pylist()
+        )
+    return out
+
+
+def other_files(root: Path) -> dict[str, bytes]:
+    """Every file outside the Delta tables (checkpoints, registry, raw, manifests)."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted((root / "var").rglob("*"))
+        if p.is_file() and "lake" not in p.relative_to(root).parts[:2] and p.name != "LIVE.json"
+    }
+
+
+def test_maintenance_killed_anywhere_is_finished_by_the_next_run(tmp_path: Path) -> None:
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    retentions = {
+        "vacuum_retention_hours": 0, "gold_days_kept": 3, "knowledge_days_kept": 2,
+        "checkpoint_days_kept": 2, "model_versions_kept": 1, "raw_days_kept": 4,
+    }  # fmt: skip
+    seed = tmp_path / "seed"
+    build(make_settings(seed, maintenance=retentions))
+    reference = tmp_path / "reference"
+    shutil.copytree(seed, reference)
+    before = log_files(reference)
+    maintain(make_settings(reference, maintenance=retentions), TODAY, online=False)
+    expected_rows, expected_files = table_rows(reference), other_files(reference)
+    commits: dict[str, int] = {}
+    for path in log_files(reference) - before:
+        table = str(path.parent.parent.relative_to(reference))
+        commits[table] = commits.get(table, 0) + 1
+    assert len(commits) >= 4  # gold, the three knowledge tables (at least)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEP_")}
+    env |= {f"KEEP_MAINTENANCE__{k.upper()}": str(v) for k, v in retentions.items()}
+    env["KEEP_SPARK__JARS_DIR"] = str(make_settings(seed).spark.jars_dir)
+    script = (
+        "import datetime as dt; from keep.core.config import load_settings; "
+        "from keep.flows.maintenance import maintain; "
+        f"maintain(load_settings(), dt.date.fromisoformat('{TODAY}'), online=False)"
+    )
+    # Kill right after the last commit of each table the maintenance changes (tables are
+    # maintained one after the other: those before it done, the rest and the file
+    # retention not started), and right after the very first commit.
+    first = next(iter(sorted(commits)))
+    points = [(first, 1), *sorted(commits.items())]
+    for table, n in points:
+        home = tmp_path / f"killed-{table.replace('/', '-')}-{n}"
+        shutil.copytree(seed, home)
+        before = log_files(home)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script], env=env | {"KEEP_HOME": str(home)}, cwd=home,
+            start_new_session=True,
+        )  # fmt: skip
+        while proc.poll() is None and len(table_logs(home, table) - before) < n:
+            time.sleep(0.002)
+        assert proc.poll() is None, f"maintenance ended before commit {n} of {table}"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        # Every table still reads (a committed version), and the rerun ends exactly where
+        # the uninterrupted run did.
+        table_rows(home)
+        maintain(make_settings(home, maintenance=retentions), TODAY, online=False)
+        assert table_rows(home) == expected_rows, (table, n)
+        assert other_files(home) == expected_files, (table, n)
+
+
+def log_files(home: Path) -> set[Path]:
+    return set(home.glob("var/lake/*/*/_delta_log/*.json"))
+
+
+def table_logs(home: Path, table: str) -> set[Path]:
+    return set((home / table / "_delta_log").glob("*.json"))
