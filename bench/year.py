@@ -225,6 +225,15 @@ class Day:
             s, "ads", cand / "keep.pt", arm="keep", lineage=lineage, snapshot_ds=d,
             train_days=[d], metrics={}, gate={"success": True},
         )  # fmt: skip
+        if i == 0:  # the registry table is created by the registry: same log retention as above
+            from deltalake import DeltaTable
+
+            from keep.lake.delta import table_path
+
+            registry = DeltaTable(str(table_path(s, T.MODEL_REGISTRY)))
+            registry.alter.set_table_properties(
+                {"delta.logRetentionDuration": "interval 0 seconds"}
+            )
 
 
 def model_blobs(settings: Any) -> dict[str, bytes]:
