@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/year.py                 # defaults: 365 days (~10-20 min on 2 cores)
     .venv/bin/python bench/year.py --days 30       # a quick check
+    .venv/bin/python bench/year.py --new-users 0 --new-items 0 --report year_fixed_world
     .venv/bin/python bench/year.py --help          # every option
 
 In a fresh temporary KEEP_HOME (removed afterwards unless ``--keep-home``), every simulated
@@ -279,7 +280,8 @@ def plot(parts: dict[str, list[float]], total: list[float], path: Path) -> None:
     days = np.arange(1, len(total) + 1)
     names = [n for n in parts if max(parts[n]) > 0.5]
     ax.stackplot(days, *[parts[n] for n in names], labels=names, alpha=0.85)
-    ax.plot(days, total, color="black", lw=1.5, label="total (VACUUM retention 168 h)")
+    label = "total, with Delta's 168 h VACUUM and 30-day log retentions"
+    ax.plot(days, total, color="black", lw=1.5, label=label)
     ax.set_xlabel("day")
     ax.set_ylabel("MB on disk")
     ax.set_title("KEEP home on disk, a year of daily runs with daily maintenance")
@@ -302,6 +304,9 @@ def main() -> None:
     parser.add_argument("--new-items", type=int, default=5, help="new items a day")
     parser.add_argument(
         "--lineage-every", type=int, default=90, help="a new pre-training lineage every N days"
+    )
+    parser.add_argument(
+        "--report", default="year", help="report name: reports/bench/<name>.json and .png"
     )
     parser.add_argument("--keep-home", action="store_true", help="keep the temporary KEEP_HOME")
     args = parser.parse_args()
@@ -370,7 +375,7 @@ def main() -> None:
             )
             for k, m in enumerate(measured)
         ]
-        out_png = REPO / "reports" / "bench" / "year.png"
+        out_png = REPO / "reports" / "bench" / f"{args.report}.png"
         out_png.parent.mkdir(parents=True, exist_ok=True)
         plot(parts, projected, out_png)
         history = [a + b for a, b in zip(parts["lake/bronze"], parts["lake/dim"], strict=True)]
@@ -401,7 +406,7 @@ def main() -> None:
             "cpu_probe_s": probe,
             "plot": str(out_png.relative_to(REPO)),
         }
-        write_report("year", figures)
+        write_report(args.report, figures)
     finally:
         if args.keep_home:
             print(f"KEEP_HOME kept: {home}", file=sys.stderr)
