@@ -21,6 +21,10 @@ from keep.core.errors import SetupError
 SETUP_COMMAND = "./scripts/setup.sh"
 
 
+# Paths a read lists in the driver before Spark lists them with a job (see spark_conf).
+LISTING_PATHS_IN_DRIVER = 1024
+
+
 def delta_artifact() -> str:
     """Maven artifact id of the Delta jar matching the installed pyspark and delta-spark.
 
@@ -83,6 +87,12 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         # Keep tables readable by delta-rs: no deletion vectors / row tracking by default.
         "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+        # Tables are read as the Parquet files their Delta log names (keep.lake.spark_io):
+        # listing them is one stat per file. Above this many paths Spark lists them with a
+        # Spark job instead (32 by default: a 60-day table of a few files a day), which costs
+        # 1-2 s per read here (bench/read_listing.py). On an object store with many
+        # thousands of files per read, lower it in spark.extra_conf.
+        "spark.sql.sources.parallelPartitionDiscovery.threshold": str(LISTING_PATHS_IN_DRIVER),
     }
     conf.update(s.extra_conf)
     return conf

@@ -82,3 +82,28 @@ def test_tables_with_deletion_vectors_are_read_through_delta(
     assert not files.plain_parquet
     day = lake.read_partition(spark, settings, DIM_USERS, D1)
     assert users(day) == [(1, "2026-01-01"), (3, "2026-01-01")]
+
+
+def test_a_read_of_many_files_lists_them_without_a_spark_job(
+    spark: SparkSession, settings: Settings
+) -> None:
+    """Spark lists more than 32 paths with a Spark job of its own (1-2 s a read): a table of
+    a few files a day reaches that within weeks. The session lists them in the driver."""
+    rows = [
+        {"user_id": u, "gender": "M", "age_level": 1, "purchase_power": 0, "ds": D1.isoformat()}
+        for u in range(120)
+    ]
+    frame = spark.createDataFrame(rows, lake.spark_schema(DIM_USERS)).repartition(60, "user_id")
+    lake.overwrite_partition(frame, settings, DIM_USERS, D1)
+    files = delta.partition_files(settings, DIM_USERS, D1)
+    assert len(files.paths) > 32  # Spark's own threshold for a listing job
+
+    tracker, context = spark.sparkContext.statusTracker(), spark.sparkContext
+    context.setJobGroup("listing", "resolve a read of many files")
+    try:
+        day = lake.read_files(spark, settings, DIM_USERS, files)
+        assert day.schema.names == lake.spark_schema(DIM_USERS).names
+        assert tracker.getJobIdsForGroup("listing") == []
+    finally:
+        context.setJobGroup("other", "")
+    assert users(day) == [(u, D1.isoformat()) for u in range(120)]
