@@ -166,6 +166,11 @@ def live_snapshot(settings: Settings, store: FeatureStore | None = None) -> dict
     return live_from_state(read_pointer(settings, store))
 
 
+def other_slot(live: str | None) -> str:
+    """The slot that is not ``live`` (the first one while nothing is live)."""
+    return SLOTS[1] if live == SLOTS[0] else SLOTS[0]
+
+
 def live_from_state(state: Mapping[str, Any]) -> dict[str, Any] | None:
     """The live snapshot described by a pointer record (None before the first publication)."""
     live = state.get("live")
@@ -611,7 +616,7 @@ def publish_knowledge(
     with _publication_lock(settings):
         state = pointer.read()
         previous = live_from_state(state)
-        target = SLOTS[1] if state["live"] == SLOTS[0] else SLOTS[0]
+        target = other_slot(state["live"])
         _refuse_running_publication(settings, state, target)
         _keep_pinned_readable(settings, state, target, lineage)
         claim = {
@@ -728,7 +733,7 @@ def rollback(settings: Settings, store: FeatureStore | None = None) -> dict[str,
         live = state.get("live")
         if live is None:
             raise KeepError("nothing has been published to this online store: no rollback")
-        other = SLOTS[1] if live == SLOTS[0] else SLOTS[0]
+        other = other_slot(live)
         if state["slots"][other].get("status") != "complete":
             raise KeepError(
                 f"the previous slot '{other}' holds no complete snapshot "
@@ -759,7 +764,7 @@ def clear_dead_slot(
         live = state.get("live")
         if live is None:
             return None
-        other = SLOTS[1] if live == SLOTS[0] else SLOTS[0]
+        other = other_slot(live)
         held = dict(state["slots"].get(other, {}))
         if held.get("status") != "complete" or held.get("lineage") in in_use:
             return None
