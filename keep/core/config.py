@@ -216,7 +216,8 @@ class AirflowSettings(Section):
     # KubernetesExecutor (docs/airflow.md says what else each needs).
     executor: str = "LocalExecutor"
     # A running task whose heartbeat stops this long (its process died) is failed by the
-    # scheduler, then retried.
+    # scheduler, then retried; a crashed scheduler's tasks are reset for a retry by the
+    # next scheduler within about as long (its orphaned-task check runs this often).
     heartbeat_timeout_s: int = 120
     # `keep airflow up` also starts a Spark server (keep.lake.spark_server) and the tasks run
     # their Spark jobs on it: one warm JVM instead of one JVM start per Spark task. Ignored

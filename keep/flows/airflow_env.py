@@ -192,6 +192,12 @@ def airflow_environ(settings: Settings, *, services: bool = False) -> dict[str, 
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(
                     settings.airflow.heartbeat_timeout_s
                 ),
+                # The tasks of a scheduler that died are only failed and retried once a
+                # scheduler resets them as orphans, which it checks for every this many
+                # seconds (Airflow's default: 300): as often as a heartbeat times out.
+                "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": str(
+                    settings.airflow.heartbeat_timeout_s
+                ),
             }
         )
     else:

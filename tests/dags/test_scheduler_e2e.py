@@ -135,6 +135,7 @@ def test_scheduler_runs_both_dags_and_survives_a_crash(tmp_path: Path) -> None:
         scheduler = int(airflow_services.pid_file(settings, "scheduler").read_text())
         killed = _kill_tree(scheduler)
         timings["killed_at"] = time.monotonic() - began
+        killed_when = dt.datetime.now(dt.UTC)
         assert len(killed) >= 3, killed  # scheduler, executor worker, task (+ JVM)
         airflow_services.up(settings)  # restarts what is not running: the scheduler
 
@@ -154,6 +155,12 @@ def test_scheduler_runs_both_dags_and_survives_a_crash(tmp_path: Path) -> None:
         }
         assert tries["aggregate"] == 2, tries
         assert {t for t, n in tries.items() if n != 1} == {"aggregate"}, tries
+        # The restarted scheduler reset the dead one's task for its retry within a few
+        # heartbeat timeouts (30 s here), not after Airflow's default 300 s orphan check.
+        retried = dt.datetime.fromisoformat(
+            _ti(client, daily[1]["run_id"], "aggregate")["start_date"]
+        )
+        assert (retried - killed_when).total_seconds() < 150, (retried, killed_when)
 
         # One downstream run per published snapshot, each triggered by its Asset event.
         down = client.dag_runs(DOWNSTREAM_DAG_ID)

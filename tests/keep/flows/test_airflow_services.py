@@ -106,6 +106,7 @@ def test_services_environment_keeps_the_password_out(tmp_path: Path) -> None:
         f"http://127.0.0.1:{a.api_port}/execution/"
     )
     assert env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] == "42"
+    assert env["AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL"] == "42"
     assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "True"
     other = settings.model_copy(deep=True)
     other.airflow.auth_manager = "example.AuthManager"

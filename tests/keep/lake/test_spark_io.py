@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from pyspark.sql import SparkSession
 
 from keep.core.config import Settings
@@ -107,3 +109,61 @@ def test_a_read_of_many_files_lists_them_without_a_spark_job(
     finally:
         context.setJobGroup("other", "")
     assert users(day) == [(u, D1.isoformat()) for u in range(120)]
+
+
+def _commits(settings: Settings) -> list[tuple[str, str]]:
+    """(operation, mode) of each commit of dim.users, oldest first, from its Delta log."""
+    from deltalake import DeltaTable
+
+    history = DeltaTable(str(delta.table_path(settings, DIM_USERS))).history()
+    return [(c["operation"], c["operationParameters"]["mode"]) for c in reversed(history)]
+
+
+def test_a_new_day_is_appended_a_written_day_replaced(
+    spark: SparkSession, settings: Settings
+) -> None:
+    write_users(spark, settings, D1, [1, 2, 3])
+    write_users(spark, settings, D2, [4, 5])
+    write_users(spark, settings, D2, [6, 7])  # a rerun of the day replaces it
+    # The day's first write appends (no state to compute, nothing to replace); the rerun
+    # replaces the partition, as does a write that also drops days before a cut.
+    assert _commits(settings) == [("WRITE", "Append")] * 2 + [("WRITE", "Overwrite")]
+    d3 = D2 + dt.timedelta(days=1)
+    rows = [{"user_id": 9, "gender": "M", "age_level": 1, "purchase_power": 1, "ds": str(d3)}]
+    frame = spark.createDataFrame(rows, lake.spark_schema(DIM_USERS))
+    lake.overwrite_partition(frame, settings, DIM_USERS, d3, drop_before=D2)
+    assert _commits(settings)[-1] == ("WRITE", "Overwrite")
+    assert users(lake.read_table(spark, settings, DIM_USERS)) == [
+        (6, "2026-01-02"),
+        (7, "2026-01-02"),
+        (9, "2026-01-03"),
+    ]
+
+
+def test_an_appended_row_of_another_day_fails_the_write_and_commits_nothing(
+    spark: SparkSession, settings: Settings
+) -> None:
+    write_users(spark, settings, D1, [1])
+    rows = [{"user_id": 2, "gender": "F", "age_level": 2, "purchase_power": 1, "ds": "2026-01-01"}]
+    frame = spark.createDataFrame(rows, lake.spark_schema(DIM_USERS))
+    with pytest.raises(Exception, match="a row outside ds = '2026-01-02'"):
+        lake.overwrite_partition(frame, settings, DIM_USERS, D2)
+    assert len(_commits(settings)) == 1
+    assert users(lake.read_table(spark, settings, DIM_USERS)) == [(1, "2026-01-01")]
+
+
+def test_two_writers_of_the_same_new_day_leave_one_copy(
+    spark: SparkSession, settings: Settings
+) -> None:
+    write_users(spark, settings, D1, [1])
+    with ThreadPoolExecutor(2) as pool:
+        done = [pool.submit(write_users, spark, settings, D2, [10, 11, 12]) for _ in range(2)]
+        for future in done:
+            future.result()
+    # One append, then one replacement of what it wrote: each user once.
+    assert users(lake.read_partition(spark, settings, DIM_USERS, D2)) == [
+        (10, "2026-01-02"),
+        (11, "2026-01-02"),
+        (12, "2026-01-02"),
+    ]
+    assert sorted(_commits(settings)[1:]) == [("WRITE", "Append"), ("WRITE", "Overwrite")]
