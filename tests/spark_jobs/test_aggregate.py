@@ -33,7 +33,7 @@ from keep.sources import generator
 from spark_jobs.aggregate import run_aggregate, run_seed_state
 from spark_jobs.ingest import run_ingest
 from spark_jobs.samples import run_samples
-from tests.conftest import make_settings
+from tests.conftest import built_once, make_settings
 
 EPOCH = dt.date(2026, 1, 1)
 WINDOWS = [1, 2, 3, 5]
@@ -144,15 +144,19 @@ def normalise(seq: list[tuple]) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def history(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Eight days landed, ingested and aggregated in order; samples on two days."""
-    settings = tiny(tmp_path_factory.mktemp("history"))
-    for ds in HISTORY:
-        generator.write_day(settings, ds)
-        run_ingest(spark, settings, ds)
-        run_aggregate(spark, settings, ds)
-        if ds in SAMPLE_DAYS:
-            run_samples(spark, settings, ds)
-    return settings
+    """Eight days landed, ingested and aggregated in order; samples on two days (built once
+    per test session, read by the tests of this module on any worker)."""
+
+    def build(home: Path) -> None:
+        settings = tiny(home)
+        for ds in HISTORY:
+            generator.write_day(settings, ds)
+            run_ingest(spark, settings, ds)
+            run_aggregate(spark, settings, ds)
+            if ds in SAMPLE_DAYS:
+                run_samples(spark, settings, ds)
+
+    return tiny(built_once(tmp_path_factory, "aggregate-history", build))
 
 
 # --------------------------------------------------------------------------- tests

@@ -51,7 +51,7 @@ from keep.sources import generator
 from spark_jobs.aggregate import run_aggregate
 from spark_jobs.ingest import run_ingest
 from spark_jobs.samples import run_samples
-from tests.conftest import make_settings
+from tests.conftest import built_once, make_settings
 
 UTC = dt.UTC
 FIRST = dt.date(2026, 1, 1)
@@ -242,13 +242,19 @@ def test_summary_of_a_state_report_names_the_gate(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def lake_settings(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    settings = make_settings(tmp_path_factory.mktemp("state-gate"))
-    for ds in DAYS:
-        generator.write_day(settings, ds)
-        run_ingest(spark, settings, ds)
-        run_aggregate(spark, settings, ds)
-        run_samples(spark, settings, ds)
-    return settings
+    """Three days through the Spark steps, built once per test session; the gates' GX files
+    (the only thing the gates write) go to a folder of this worker's."""
+
+    def build(home: Path) -> None:
+        settings = make_settings(home)
+        for ds in DAYS:
+            generator.write_day(settings, ds)
+            run_ingest(spark, settings, ds)
+            run_aggregate(spark, settings, ds)
+            run_samples(spark, settings, ds)
+
+    home = built_once(tmp_path_factory, "state-gate-lake", build)
+    return make_settings(home, validation={"ge_root": tmp_path_factory.mktemp("state-gate-gx")})
 
 
 @pytest.mark.slow
