@@ -273,18 +273,21 @@ def test_backfill_after_changed_day_equals_fresh_run_and_order_is_enforced(
     from keep.flows import pipeline
 
     days = HISTORY[:3]
-    repaired, fresh = tiny(tmp_path / "repaired"), tiny(tmp_path / "fresh")
+    repaired = tiny(tmp_path / "repaired")
     for ds in days:
         generator.write_day(repaired, ds)
         run_ingest(spark, repaired, ds)
         run_aggregate(spark, repaired, ds)
         run_samples(spark, repaired, ds)
+        if ds == days[0]:  # the fresh run's first day is this one, unchanged: copied
+            shutil.copytree(repaired.home, tmp_path / "fresh")
+    fresh = tiny(tmp_path / "fresh")
     _change_day(repaired, days[1])
     run_ingest(spark, repaired, days[1])
     recomputed = pipeline.backfill(repaired, days[1], days[1], gates_on=False)
     assert recomputed == days[1:]  # the changed day and every day after it
 
-    for ds in days:
+    for ds in days[1:]:
         generator.write_day(fresh, ds)
         if ds == days[1]:
             _change_day(fresh, ds)
