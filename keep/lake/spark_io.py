@@ -1,6 +1,7 @@
 """Reading and writing the Delta lake with Spark: schemas, partition overwrite, as-of reads.
 
-All writes replace whole ``ds`` partitions (Delta ``replaceWhere``), so re-running a
+All writes replace whole ``ds`` partitions (Delta ``replaceWhere``; a day's first write,
+with nothing to replace, is an append of rows checked to be of that day), so re-running a
 day is idempotent and never touches the files of any other day.
 """
 
