@@ -66,6 +66,7 @@ def check_java() -> str:
 def spark_conf(settings: Settings) -> dict[str, str]:
     """All Spark settings for a session, as a plain dict (also used to start clusters)."""
     s = settings.spark
+    java_options = " ".join(filter(None, ["-Duser.timezone=UTC", s.java_options.strip()]))
     conf = {
         "spark.master": s.master,
         "spark.app.name": s.app_name,
@@ -78,8 +79,8 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         # Delta reconstructs table state with this many partitions; 50 by default.
         "spark.databricks.delta.snapshotPartitions": str(s.shuffle_partitions),
         "spark.sql.session.timeZone": "UTC",
-        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
-        "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.driver.extraJavaOptions": java_options,
+        "spark.executor.extraJavaOptions": java_options,
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.debug.maxToStringFields": "200",

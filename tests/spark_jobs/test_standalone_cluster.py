@@ -69,6 +69,7 @@ def _env(settings: Settings, master: str, extra_conf: dict[str, str]) -> dict[st
             "KEEP_SPARK__JARS_DIR": str(settings.spark.jars_dir),
             "KEEP_SPARK__SHUFFLE_PARTITIONS": str(settings.spark.shuffle_partitions),
             "KEEP_SPARK__DRIVER_MEMORY": "1g",
+            "KEEP_SPARK__JAVA_OPTIONS": settings.spark.java_options,
             "KEEP_SPARK__EXTRA_CONF": json.dumps(extra_conf),
             "KEEP_GENERATOR__N_USERS": str(g.n_users),
             "KEEP_GENERATOR__N_ITEMS": str(g.n_items),

@@ -167,3 +167,14 @@ def test_two_writers_of_the_same_new_day_leave_one_copy(
         (12, "2026-01-02"),
     ]
     assert sorted(_commits(settings)[1:]) == [("WRITE", "Append"), ("WRITE", "Overwrite")]
+
+
+def test_spark_java_options_reach_the_jvm(spark: SparkSession) -> None:
+    """``spark.java_options`` is appended to the project's own JVM options: the tests'
+    session runs the serial collector (its beans are "Copy" and "MarkSweepCompact"; G1's,
+    the JVM's default here, are "G1 Young Generation" and "G1 Old Generation"), in UTC."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    beans = jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
+    assert sorted(str(bean.getName()) for bean in beans) == ["Copy", "MarkSweepCompact"]
+    assert str(jvm.java.lang.System.getProperty("user.timezone")) == "UTC"
