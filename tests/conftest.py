@@ -27,12 +27,7 @@ def make_settings(home: Path, **overrides: object) -> Settings:
     demo mode on (land_raw generates the world's raw files; it is off by default)."""
     base: dict[str, object] = {
         "home": home,
-        # The serial collector: tiny worlds, two busy cores (docs/benchmarks.md).
-        "spark": {
-            "jars_dir": REPO / ".cache" / "jars",
-            "shuffle_partitions": 2,
-            "java_options": "-XX:+UseSerialGC",
-        },
+        "spark": {"jars_dir": REPO / ".cache" / "jars", "shuffle_partitions": 2},
         "generator": {"n_users": 300, "n_items": 200, "impressions_per_day": 2_000},
         "airflow": {"demo_mode": True},
     }

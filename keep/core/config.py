@@ -73,9 +73,8 @@ class SparkSettings(Section):
     jars_dir: Path = PROJECT_ROOT / ".cache" / "jars"
     log_level: str = "WARN"
     # JVM options of Spark's driver and executors (and of the Spark server), after the
-    # project's own (UTC time zone). Empty: the JVM's defaults (G1 on this machine). The
-    # tests use ``-XX:+UseSerialGC``: on their tiny worlds a third less CPU than G1's
-    # concurrent threads cost on 2 cores (docs/benchmarks.md, "The test suite").
+    # project's own (UTC time zone): a collector, JFR, heap dumps on OOM. Empty: the JVM's
+    # defaults (G1 here; the serial collector saved no CPU, docs/benchmarks.md).
     java_options: str = ""
     # Any further ``spark.*`` settings, passed through verbatim.
     extra_conf: dict[str, str] = Field(default_factory=dict)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from pyspark.sql import SparkSession
@@ -12,6 +13,7 @@ from keep.core.config import Settings
 from keep.core.tables import DIM_USERS
 from keep.lake import delta
 from keep.lake import spark_io as lake
+from tests.conftest import make_settings
 
 D1 = dt.date(2026, 1, 1)
 D2 = dt.date(2026, 1, 2)
@@ -169,12 +171,22 @@ def test_two_writers_of_the_same_new_day_leave_one_copy(
     assert sorted(_commits(settings)[1:]) == [("WRITE", "Append"), ("WRITE", "Overwrite")]
 
 
-def test_spark_java_options_reach_the_jvm(spark: SparkSession) -> None:
-    """``spark.java_options`` is appended to the project's own JVM options: the tests'
-    session runs the serial collector (its beans are "Copy" and "MarkSweepCompact"; G1's,
-    the JVM's default here, are "G1 Young Generation" and "G1 Old Generation"), in UTC."""
+def test_spark_java_options_follow_the_projects_own(spark: SparkSession, tmp_path: Path) -> None:
+    """``spark.java_options`` comes after the project's JVM options, for the driver, the
+    executors and the Spark server's command line; the session's JVM runs in UTC."""
+    from keep.lake.spark import spark_conf
+    from keep.lake.spark_server import command
+
+    options = "-XX:+UseSerialGC -XX:+HeapDumpOnOutOfMemoryError"
+    settings = make_settings(tmp_path, spark={"java_options": f" {options} "})
+    conf = spark_conf(settings)
+    expected = f"-Duser.timezone=UTC {options}"
+    assert conf["spark.driver.extraJavaOptions"] == expected
+    assert conf["spark.executor.extraJavaOptions"] == expected
+    assert f"spark.driver.extraJavaOptions={expected}" in command(settings, 15002)
+    assert spark_conf(make_settings(tmp_path))["spark.driver.extraJavaOptions"] == (
+        "-Duser.timezone=UTC"
+    )
     jvm = spark.sparkContext._jvm
     assert jvm is not None
-    beans = jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
-    assert sorted(str(bean.getName()) for bean in beans) == ["Copy", "MarkSweepCompact"]
     assert str(jvm.java.lang.System.getProperty("user.timezone")) == "UTC"
