@@ -23,13 +23,12 @@ first one.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
+import psutil
 from _common import PYTHON, REPO, cpu_probe, run_measured, write_report
 
 # The work of one run, in a process of its own (argv: home, impressions, days, options).
@@ -65,9 +64,8 @@ spark.stop()
 
 def busy_cpu_s() -> float:
     """CPU seconds the machine has spent busy (all cores, not idle or iowait) since boot."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return (sum(fields) - idle) / 100  # USER_HZ, 100 on Linux
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - times.iowait)
 
 
 def one_run(impressions: int, days: int, options: str) -> dict[str, object]:
@@ -125,18 +123,21 @@ def main() -> None:
                 run = one_run(impressions, args.days, options)
                 runs[options].append(run)
                 print(f"{impressions:,} a day, {options or '(JVM defaults)'}: {run}", flush=True)
-        summary: dict[str, object] = {}
+        summary: dict[str, dict[str, object]] = {}
+        base: dict[str, float] = {}
         for options, done in runs.items():
-            summary[options or "default"] = {
+            medians = {
                 key: statistics.median(float(r[key]) for r in done)  # type: ignore[arg-type]
                 for key in ("wall_s", "cpu_s", "peak_pss_mb")
-            } | {"collectors": done[0]["collectors"], "runs": done}
-        base = summary[args.options[0] or "default"]
-        for options in args.options[1:]:
-            entry = summary[options]
-            assert isinstance(entry, dict) and isinstance(base, dict)
-            entry["cpu_ratio"] = round(entry["cpu_s"] / base["cpu_s"], 3)
-            entry["wall_ratio"] = round(entry["wall_s"] / base["wall_s"], 3)
+            }
+            base = base or medians  # the first option's
+            summary[options or "default"] = {
+                **medians,
+                "cpu_ratio": round(medians["cpu_s"] / base["cpu_s"], 3),
+                "wall_ratio": round(medians["wall_s"] / base["wall_s"], 3),
+                "collectors": done[0]["collectors"],
+                "runs": done,
+            }
         results[str(impressions)] = summary
     write_report(
         args.report,
@@ -150,14 +151,6 @@ def main() -> None:
             "cpu_probe_s": [probe_before, cpu_probe()],
             "python": sys.version.split()[0],
         },
-    )
-    print(
-        json.dumps(
-            {
-                k: {o: (v.get("cpu_ratio"), v.get("wall_ratio")) for o, v in s.items()}
-                for k, s in results.items()
-            }
-        )
     )
 
 
