@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import os
 import shutil
@@ -80,6 +81,31 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     session = get_spark(settings)
     yield session
     session.stop()
+
+
+# The days of the session's shared Spark lake (the tests' default world).
+SPARK_LAKE_DAYS = [dt.date(2026, 1, 1) + dt.timedelta(days=i) for i in range(3)]
+
+
+@pytest.fixture(scope="session")
+def spark_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Home of a lake the tests only read: the default tiny world's raw files of
+    :data:`SPARK_LAKE_DAYS`, each day ingested, aggregated and sampled in order by the Spark
+    jobs (no gates). Built once per test session, whichever worker asks first."""
+    from keep.sources import generator
+    from spark_jobs.aggregate import run_aggregate
+    from spark_jobs.ingest import run_ingest
+    from spark_jobs.samples import run_samples
+
+    def build(home: Path) -> None:
+        settings = make_settings(home)
+        for ds in SPARK_LAKE_DAYS:
+            generator.write_day(settings, ds)
+            run_ingest(spark, settings, ds)
+            run_aggregate(spark, settings, ds)
+            run_samples(spark, settings, ds)
+
+    return built_once(tmp_path_factory, "spark-lake", build)
 
 
 @pytest.fixture

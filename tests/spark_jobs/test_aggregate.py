@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,9 @@ from tests.conftest import built_once, make_settings
 EPOCH = dt.date(2026, 1, 1)
 WINDOWS = [1, 2, 3, 5]
 LENGTH = 5
-HISTORY = [EPOCH + dt.timedelta(days=i) for i in range(8)]
-SAMPLE_DAYS = (HISTORY[5], HISTORY[7])
+# Six days: the 5-day window expires the first day on the last one.
+HISTORY = [EPOCH + dt.timedelta(days=i) for i in range(6)]
+SAMPLE_DAYS = (HISTORY[3], HISTORY[5])
 
 
 def tiny(home: Path, **aggregate: object) -> Settings:
@@ -142,21 +144,61 @@ def normalise(seq: list[tuple]) -> list[tuple]:
 # --------------------------------------------------------------------------- fixtures
 
 
+def run_days(
+    spark: SparkSession, home: Path, days: list[dt.date], samples_on: Collection[dt.date]
+) -> None:
+    """Land, ingest and aggregate ``days`` in order in ``home``; samples on ``samples_on``."""
+    settings = tiny(home)
+    for ds in days:
+        generator.write_day(settings, ds)
+        run_ingest(spark, settings, ds)
+        run_aggregate(spark, settings, ds)
+        if ds in samples_on:
+            run_samples(spark, settings, ds)
+
+
+def extend(
+    tmp_path_factory: pytest.TempPathFactory, name: str, start: Path, build: Callable[[Path], None]
+) -> Path:
+    """A lake built once per session: a copy of the lake at ``start``, then ``build``."""
+
+    def copy_and_build(home: Path) -> None:
+        shutil.copytree(start, home, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".built"))
+        build(home)
+
+    return built_once(tmp_path_factory, name, copy_and_build)
+
+
 @pytest.fixture(scope="module")
-def history(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Eight days landed, ingested and aggregated in order; samples on two days (built once
-    per test session, read by the tests of this module on any worker)."""
+def first_days(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Homes of the history's first day and of its first three days (samples every day),
+    each built once per test session: where the backfill test's two lakes start from."""
+    one = built_once(
+        tmp_path_factory, "aggregate-1day", lambda home: run_days(spark, home, HISTORY[:1], HISTORY)
+    )
+    three = extend(
+        tmp_path_factory,
+        "aggregate-3days",
+        one,
+        lambda home: run_days(spark, home, HISTORY[1:3], HISTORY),
+    )
+    return [one, three]
 
-    def build(home: Path) -> None:
-        settings = tiny(home)
-        for ds in HISTORY:
-            generator.write_day(settings, ds)
-            run_ingest(spark, settings, ds)
-            run_aggregate(spark, settings, ds)
-            if ds in SAMPLE_DAYS:
-                run_samples(spark, settings, ds)
 
-    return tiny(built_once(tmp_path_factory, "aggregate-history", build))
+@pytest.fixture(scope="module")
+def history(
+    spark: SparkSession, tmp_path_factory: pytest.TempPathFactory, first_days: list[Path]
+) -> Settings:
+    """Six days landed, ingested and aggregated in order (built once per test session, read
+    by the tests of this module on any worker); samples on the first three days and on
+    :data:`SAMPLE_DAYS`."""
+    home = extend(
+        tmp_path_factory,
+        "aggregate-history",
+        first_days[-1],
+        lambda home: run_days(spark, home, HISTORY[3:], SAMPLE_DAYS),
+    )
+    return tiny(home)
 
 
 # --------------------------------------------------------------------------- tests
@@ -268,20 +310,16 @@ def _change_day(settings: Settings, ds: dt.date) -> None:
 
 @pytest.mark.slow
 def test_backfill_after_changed_day_equals_fresh_run_and_order_is_enforced(
-    spark: SparkSession, tmp_path: Path
+    spark: SparkSession, first_days: list[Path], tmp_path: Path
 ) -> None:
     from keep.flows import pipeline
 
     days = HISTORY[:3]
-    repaired = tiny(tmp_path / "repaired")
-    for ds in days:
-        generator.write_day(repaired, ds)
-        run_ingest(spark, repaired, ds)
-        run_aggregate(spark, repaired, ds)
-        run_samples(spark, repaired, ds)
-        if ds == days[0]:  # the fresh run's first day is this one, unchanged: copied
-            shutil.copytree(repaired.home, tmp_path / "fresh")
-    fresh = tiny(tmp_path / "fresh")
+    # Copies of the lakes after the first day and after all three days (samples every day).
+    one_day, three_days = first_days
+    repaired, fresh = tiny(tmp_path / "repaired"), tiny(tmp_path / "fresh")
+    shutil.copytree(three_days, repaired.home)
+    shutil.copytree(one_day, fresh.home)  # the fresh run's first day is this one, unchanged
     _change_day(repaired, days[1])
     run_ingest(spark, repaired, days[1])
     recomputed = pipeline.backfill(repaired, days[1], days[1], gates_on=False)

@@ -2,9 +2,10 @@
 pre-training derived from them (checkpoints in their own lineage, knowledge snapshots, their
 gate reports, the live snapshot).
 
-The slow test builds three days of the tests' tiny world in this process with the daily
-steps (without the lake gates and the downstream step, which have their own tests), day 3
-starting a new lineage, then repairs day 2 and backfills it both ways.
+The slow test starts from three days of the tests' tiny world through the Spark steps (a
+copy of the test session's shared lake, ``spark_lake``), runs the rest of the daily steps on
+them in this process (without the lake gates and the downstream step, which have their own
+tests), day 3 starting a new lineage, then repairs day 2 and backfills it both ways.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +24,15 @@ from typer.testing import CliRunner
 from keep.core.config import Settings
 from keep.flows import pipeline
 from keep.lake import knowledge, raw_format
-from tests.conftest import make_settings
+from tests.conftest import SPARK_LAKE_DAYS, make_settings
 
-DAYS = [dt.date(2026, 1, 1) + dt.timedelta(days=i) for i in range(3)]
+DAYS = SPARK_LAKE_DAYS
 # The daily steps that build the history: every one up to the publication but the lake
-# gates (the knowledge gate stays: publication needs its report).
+# gates (the knowledge gate stays: publication needs its report). The shared lake has run
+# the Spark ones (land, ingest, aggregate, samples) on these days.
+SPARK_STEPS = ("land_raw", "ingest", "aggregate", "samples")
 HISTORY_STEPS = (
-    "land_raw",
-    "ingest",
-    "aggregate",
-    "samples",
+    *SPARK_STEPS,
     "pretrain",
     "export_knowledge",
     "validate_knowledge",
@@ -65,7 +66,7 @@ def manifest(settings: Settings, lineage: str, ds: dt.date) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_backfill_through_knowledge_recomputes_checkpoints_snapshots_and_the_live_one(
-    spark: SparkSession, tmp_path: Path
+    spark: SparkSession, spark_lake: Path, tmp_path: Path
 ) -> None:
     from keep.store.publication import read_pointer
     from models.pretrain.checkpoint import (
@@ -76,10 +77,11 @@ def test_backfill_through_knowledge_recomputes_checkpoints_snapshots_and_the_liv
         read_snapshot,
     )
 
-    settings = make_settings(tmp_path, pretrain={"full_retrain_on": [DAYS[2]]})
+    settings = make_settings(tmp_path / "home", pretrain={"full_retrain_on": [DAYS[2]]})
     assert set(HISTORY_STEPS) <= set(pipeline.STEPS)
+    shutil.copytree(spark_lake, settings.home)
     for ds in DAYS:
-        for name in HISTORY_STEPS:
+        for name in HISTORY_STEPS[len(SPARK_STEPS) :]:
             pipeline.run_step(settings, name, ds)
     first, second = lineages(settings)
     assert checkpoint_days(settings, first) == DAYS[:2]

@@ -1,7 +1,7 @@
 """The state gate (silver) and the samples gate (gold), on real Spark + Delta + GX.
 
-Three small generated days go through the real jobs once per module (ingest, aggregate,
-samples), and both gates must pass on the last day. Each failure case then copies that
+Three small generated days through the real jobs (ingest, aggregate, samples: the test
+session's shared lake, ``spark_lake``), and both gates must pass on the last day. Each failure case then copies that
 silver and gold lake into a separate home, rewrites one partition with a few rows
 tampered in Spark (the rest of the day is real), and checks that exactly the expected
 checks fail, named by (table, expectation, column), and nothing else.
@@ -47,15 +47,11 @@ from keep.quality.lake_gates import (
     validate_samples,
     validate_state,
 )
-from keep.sources import generator
-from spark_jobs.aggregate import run_aggregate
-from spark_jobs.ingest import run_ingest
-from spark_jobs.samples import run_samples
-from tests.conftest import built_once, make_settings
+from tests.conftest import SPARK_LAKE_DAYS, make_settings
 
 UTC = dt.UTC
-FIRST = dt.date(2026, 1, 1)
-DAYS = [FIRST + dt.timedelta(days=i) for i in range(3)]
+DAYS = SPARK_LAKE_DAYS
+FIRST = DAYS[0]
 DS = DAYS[-1]
 DS_START = dt.datetime(2026, 1, 3, tzinfo=UTC)  # end of the samples' state (2026-01-02)
 DS_END = dt.datetime(2026, 1, 4, tzinfo=UTC)  # end of the state of DS
@@ -241,20 +237,12 @@ def test_summary_of_a_state_report_names_the_gate(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def lake_settings(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """Three days through the Spark steps, built once per test session; the gates' GX files
+def lake_settings(spark_lake: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The session's shared lake (three days through the Spark steps); the gates' GX files
     (the only thing the gates write) go to a folder of this worker's."""
-
-    def build(home: Path) -> None:
-        settings = make_settings(home)
-        for ds in DAYS:
-            generator.write_day(settings, ds)
-            run_ingest(spark, settings, ds)
-            run_aggregate(spark, settings, ds)
-            run_samples(spark, settings, ds)
-
-    home = built_once(tmp_path_factory, "state-gate-lake", build)
-    return make_settings(home, validation={"ge_root": tmp_path_factory.mktemp("state-gate-gx")})
+    return make_settings(
+        spark_lake, validation={"ge_root": tmp_path_factory.mktemp("state-gate-gx")}
+    )
 
 
 @pytest.mark.slow
