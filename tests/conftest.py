@@ -83,8 +83,10 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     session.stop()
 
 
-# The days of the session's shared Spark lake (the tests' default world).
+# The days of the session's shared Spark lake (the tests' default world), and the daily
+# steps it ran on each of them (the Spark ones; land_raw is the generator's files).
 SPARK_LAKE_DAYS = [dt.date(2026, 1, 1) + dt.timedelta(days=i) for i in range(3)]
+SPARK_STEPS = ("land_raw", "ingest", "aggregate", "samples")
 
 
 @pytest.fixture(scope="session")

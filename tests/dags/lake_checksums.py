@@ -32,17 +32,26 @@ def _row_digest(row: dict[str, object]) -> str:
     return hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def table_checksum(path: Path, drop: tuple[str, ...] = ()) -> tuple[int, str]:
-    """(rows, sha256 over the sorted row digests) of the Delta table at ``path``."""
+def table_checksum(
+    path: Path, drop: tuple[str, ...] = (), days: list[str] | None = None
+) -> tuple[int, str]:
+    """(rows, sha256 over the sorted row digests) of the Delta table at ``path``; of its
+    partitions ``ds`` in ``days`` only, when given."""
     if not (path / "_delta_log").is_dir():
         return 0, ""
-    table = DeltaTable(str(path)).to_pyarrow_table()
+    partitions = [("ds", "in", days)] if days is not None else None
+    table = DeltaTable(str(path)).to_pyarrow_table(partitions=partitions)
     table = table.drop_columns([c for c in drop if c in table.column_names])
     digests = sorted(_row_digest(r) for r in table.to_pylist())
     return len(digests), hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
 def lake_checksums(
-    lake_root: Path, tables: tuple[str, ...] = LAKE_TABLES
+    lake_root: Path, tables: tuple[str, ...] = LAKE_TABLES, days: list[str] | None = None
 ) -> dict[str, tuple[int, str]]:
-    return {name: table_checksum(lake_root / name) for name in tables}
+    """Checksums of ``tables``; of the lake tables' (``ds``-partitioned) days ``days`` only,
+    when given (the other tables whole)."""
+    return {
+        name: table_checksum(lake_root / name, days=days if name in LAKE_TABLES else None)
+        for name in tables
+    }

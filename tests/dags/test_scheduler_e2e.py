@@ -9,14 +9,15 @@ which registers one model version per knowledge snapshot.
 While day 2 aggregates (a Spark job mid-write), the scheduler and everything it started --
 executor worker, task, JVM -- are killed with SIGKILL, as a crashed host would lose them;
 ``keep airflow up`` restarts the scheduler. The day must then finish exactly once, and every
-table must equal, row for row, an uninterrupted run of the same days in another home
-(``keep run`` in-process). Finally ``keep airflow down`` must leave no process behind.
+table must equal, row for row, an uninterrupted run of the same days in another home (the test
+session's shared lake, ``spark_lake``, for the Spark steps; every other step in-process). Finally ``keep airflow down`` must leave no process behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -26,16 +27,16 @@ import psutil
 import pytest
 
 from keep.core.config import Settings
-from keep.flows import airflow_services, pipeline
+from keep.flows import airflow_services, downstream, pipeline
 from keep.flows.airflow_api import AirflowClient
 from keep.flows.airflow_env import DAG_ID, DOWNSTREAM_DAG_ID
 from keep.store import model_registry as registry
-from tests.conftest import free_port, let_postgres_in, make_settings
+from tests.conftest import SPARK_LAKE_DAYS, SPARK_STEPS, free_port, let_postgres_in, make_settings
 from tests.dags.lake_checksums import LAKE_TABLES, lake_checksums
 from tests.keep.flows.test_airflow_services import leftovers, wait_for
 from tests.keep.store.test_postgres_server import postmasters
 
-D1, D2 = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
+D1, D2 = SPARK_LAKE_DAYS[:2]
 DAYS = [D1, D2]
 TABLES = (*LAKE_TABLES, "knowledge/user", "knowledge/item", "knowledge/user_category")
 TABLES += ("gold/downstream_training_set",)
@@ -99,11 +100,18 @@ def _versions(settings: Settings) -> list[tuple[str, str, list[str], bool]]:
 # Two days of both DAGs under a real scheduler, plus the uninterrupted reference: 15-25 min
 # on a loaded 2-core machine, more than the suite's default per-test limit.
 @pytest.mark.timeout(2700)
-def test_scheduler_runs_both_dags_and_survives_a_crash(tmp_path: Path) -> None:
-    # The uninterrupted reference: the same days, in this process, in another home.
+def test_scheduler_runs_both_dags_and_survives_a_crash(spark_lake: Path, tmp_path: Path) -> None:
+    # The uninterrupted reference, in another home: a copy of the session's shared lake (the
+    # Spark steps of these days, run in order by the same jobs), then every other step of
+    # each day in this process, in order, as `keep run` runs them.
     reference = _settings(tmp_path / "reference")
+    shutil.copytree(spark_lake, reference.home)
     for ds in DAYS:
-        assert pipeline.run_day(reference, ds).ok
+        for name in pipeline.STEPS:
+            if name not in SPARK_STEPS:
+                outcome = pipeline.run_step(reference, name, ds)["result"]
+                if name == "publish_knowledge":  # what the Asset event triggers
+                    assert downstream.run_event(reference, [outcome])["status"] == "registered"
 
     let_postgres_in(tmp_path)
     settings = _settings(
@@ -201,9 +209,13 @@ def test_scheduler_runs_both_dags_and_survives_a_crash(tmp_path: Path) -> None:
     assert postmasters(airflow_services.postgres_dir(settings) / "data") == []
     assert not [pid for pid in killed if psutil.pid_exists(pid) and _alive(pid)]
 
-    # The crash changed nothing: every table equals the uninterrupted run's, and so do the
-    # registered versions (same lineage, snapshots, days and gate outcomes).
-    assert lake_checksums(settings.lake.root, TABLES) == lake_checksums(reference.lake.root, TABLES)
+    # The crash changed nothing: every table equals the uninterrupted run's (the lake tables'
+    # days of this run: the shared lake has one more), and so do the registered versions
+    # (same lineage, snapshots, days and gate outcomes).
+    days = [ds.isoformat() for ds in DAYS]
+    got = lake_checksums(settings.lake.root, TABLES, days)
+    assert got == lake_checksums(reference.lake.root, TABLES, days)
+    assert got["bronze/impressions"][0] == len(DAYS) * settings.generator.impressions_per_day
     assert _versions(settings) == _versions(reference)
 
 

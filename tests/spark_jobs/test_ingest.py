@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +24,7 @@ from keep.lake import delta, raw_format
 from keep.lake import spark_io as lake
 from keep.sources import generator
 from spark_jobs.ingest import run_ingest, shuffle_partitions
+from tests.conftest import SPARK_LAKE_DAYS, make_settings
 
 D1 = dt.date(2026, 1, 1)
 D2 = dt.date(2026, 1, 2)
@@ -255,11 +257,12 @@ def test_shuffle_partitions_grow_with_the_day(settings: Settings) -> None:
 
 @pytest.mark.slow
 def test_rerun_is_identical_and_changed_day_touches_only_itself(
-    spark: SparkSession, settings: Settings
+    spark: SparkSession, spark_lake: Path, tmp_path: Path
 ) -> None:
-    for ds in (D1, D2, D3):
-        generator.write_day(settings, ds)
-        run_ingest(spark, settings, ds)
+    # A copy of the session's shared lake: D1, D2, D3 generated and ingested (then aggregated).
+    settings = make_settings(tmp_path / "home")
+    shutil.copytree(spark_lake, settings.home)
+    assert SPARK_LAKE_DAYS == [D1, D2, D3]
     tables = (IMPRESSIONS, QUARANTINE, INGEST_AUDIT, DIM_USERS, DIM_ITEMS)
     before = {t.name: checksum(delta_frame(settings, t)) for t in tables}
 

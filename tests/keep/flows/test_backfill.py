@@ -24,13 +24,12 @@ from typer.testing import CliRunner
 from keep.core.config import Settings
 from keep.flows import pipeline
 from keep.lake import knowledge, raw_format
-from tests.conftest import SPARK_LAKE_DAYS, make_settings
+from tests.conftest import SPARK_LAKE_DAYS, SPARK_STEPS, make_settings
 
 DAYS = SPARK_LAKE_DAYS
 # The daily steps that build the history: every one up to the publication but the lake
 # gates (the knowledge gate stays: publication needs its report). The shared lake has run
-# the Spark ones (land, ingest, aggregate, samples) on these days.
-SPARK_STEPS = ("land_raw", "ingest", "aggregate", "samples")
+# the Spark ones on these days.
 HISTORY_STEPS = (
     *SPARK_STEPS,
     "pretrain",
