@@ -100,19 +100,9 @@ def _versions(settings: Settings) -> list[tuple[str, str, list[str], bool]]:
 # Two days of both DAGs under a real scheduler, plus the uninterrupted reference: 15-25 min
 # on a loaded 2-core machine, more than the suite's default per-test limit.
 @pytest.mark.timeout(2700)
-def test_scheduler_runs_both_dags_and_survives_a_crash(spark_lake: Path, tmp_path: Path) -> None:
-    # The uninterrupted reference, in another home: a copy of the session's shared lake (the
-    # Spark steps of these days, run in order by the same jobs), then every other step of
-    # each day in this process, in order, as `keep run` runs them.
-    reference = _settings(tmp_path / "reference")
-    shutil.copytree(spark_lake, reference.home)
-    for ds in DAYS:
-        for name in pipeline.STEPS:
-            if name not in SPARK_STEPS:
-                outcome = pipeline.run_step(reference, name, ds)["result"]
-                if name == "publish_knowledge":  # what the Asset event triggers
-                    assert downstream.run_event(reference, [outcome])["status"] == "registered"
-
+def test_scheduler_runs_both_dags_and_survives_a_crash(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     let_postgres_in(tmp_path)
     settings = _settings(
         tmp_path / "scheduled",
@@ -208,6 +198,20 @@ def test_scheduler_runs_both_dags_and_survives_a_crash(spark_lake: Path, tmp_pat
     assert leftovers(settings) == []
     assert postmasters(airflow_services.postgres_dir(settings) / "data") == []
     assert not [pid for pid in killed if psutil.pid_exists(pid) and _alive(pid)]
+
+    # The uninterrupted reference, in another home: a copy of the session's shared lake (the
+    # Spark steps of these days, run in order by the same jobs; asked for only now, when
+    # another test has most likely built it), then every other step of each day in this
+    # process, in order, as `keep run` runs them.
+    spark_lake: Path = request.getfixturevalue("spark_lake")
+    reference = _settings(tmp_path / "reference")
+    shutil.copytree(spark_lake, reference.home)
+    for ds in DAYS:
+        for name in pipeline.STEPS:
+            if name not in SPARK_STEPS:
+                outcome = pipeline.run_step(reference, name, ds)["result"]
+                if name == "publish_knowledge":  # what the Asset event triggers
+                    assert downstream.run_event(reference, [outcome])["status"] == "registered"
 
     # The crash changed nothing: every table equals the uninterrupted run's (the lake tables'
     # days of this run: the shared lake has one more), and so do the registered versions

@@ -2,7 +2,7 @@
 
 Two tiny days (the second one incremental, on the first one's state) are ingested and
 aggregated twice from the same raw files: by the session's ``local[2]`` SparkSession (lake
-A: the test session's shared lake, ``spark_lake``), and in a separate driver process whose
+A: the test session's shared lake, ``spark_lake``, whose raw files are checked equal), and in a separate driver process whose
 ``spark.master`` is a standalone cluster started with ``keep.lake.cluster`` on loopback
 (lake B; one Python process can hold only one SparkContext, and the session-scoped one is
 shared with other tests). The tables are then read with delta-rs (no Spark) and compared.
@@ -28,6 +28,7 @@ from keep.core.config import Settings
 from keep.core.tables import ENTITIES, IMPRESSIONS, USER_BEHAVIOR, TableSpec, stats_spec
 from keep.lake import delta
 from keep.lake.cluster import start_standalone
+from keep.sources import generator
 from tests.conftest import REPO, SPARK_LAKE_DAYS, make_settings
 
 DAYS = SPARK_LAKE_DAYS[:2]
@@ -107,11 +108,10 @@ def _assert_same_table(a: Settings, b: Settings, spec: TableSpec, ds: dt.date | 
 
 
 @pytest.mark.slow
-def test_standalone_cluster_matches_local(spark_lake: Path, tmp_path: Path) -> None:
-    local = make_settings(spark_lake)
-    remote = make_settings(
-        tmp_path, lake={"root": tmp_path / "lake_b", "raw_root": local.lake.raw_root}
-    )
+def test_standalone_cluster_matches_local(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    remote = make_settings(tmp_path, lake={"root": tmp_path / "lake_b"})
+    for ds in DAYS:  # the same world's days as the shared lake's (the generator is seeded)
+        generator.write_day(remote, ds)
     driver_log = tmp_path / "cluster-driver.log"
 
     began = time.perf_counter()
@@ -151,6 +151,15 @@ def test_standalone_cluster_matches_local(spark_lake: Path, tmp_path: Path) -> N
 
     assert not [p for p in pids if psutil.pid_exists(p)], "master/worker still alive"
     assert cluster.processes() == [], "cluster processes (executors?) still alive"
+
+    # The local side: the session's shared lake (asked for only now, when another test has
+    # most likely built it), from raw files equal to the ones the cluster read.
+    local = make_settings(request.getfixturevalue("spark_lake"))
+    raw = [p for p in sorted(remote.lake.raw_root.rglob("*")) if p.is_file()]
+    assert raw
+    for path in raw:
+        twin = local.lake.raw_root / path.relative_to(remote.lake.raw_root)
+        assert twin.read_bytes() == path.read_bytes(), path
 
     last = DAYS[-1]
     counts = {
