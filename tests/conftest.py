@@ -7,7 +7,7 @@ import fcntl
 import os
 import shutil
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,25 +89,37 @@ SPARK_LAKE_DAYS = [dt.date(2026, 1, 1) + dt.timedelta(days=i) for i in range(3)]
 SPARK_STEPS = ("land_raw", "ingest", "aggregate", "samples")
 
 
-@pytest.fixture(scope="session")
-def spark_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Home of a lake the tests only read: the default tiny world's raw files of
-    :data:`SPARK_LAKE_DAYS`, each day ingested, aggregated and sampled in order by the Spark
-    jobs (no gates). Built once per test session, whichever worker asks first."""
+def run_spark_days(
+    spark: SparkSession,
+    settings: Settings,
+    days: list[dt.date],
+    samples_on: Collection[dt.date] | None = None,
+) -> None:
+    """Land (the generator's files), ingest and aggregate ``days`` in order with the Spark
+    jobs; samples on the days of ``samples_on`` (every day when None)."""
     from keep.sources import generator
     from spark_jobs.aggregate import run_aggregate
     from spark_jobs.ingest import run_ingest
     from spark_jobs.samples import run_samples
 
-    def build(home: Path) -> None:
-        settings = make_settings(home)
-        for ds in SPARK_LAKE_DAYS:
-            generator.write_day(settings, ds)
-            run_ingest(spark, settings, ds)
-            run_aggregate(spark, settings, ds)
+    for ds in days:
+        generator.write_day(settings, ds)
+        run_ingest(spark, settings, ds)
+        run_aggregate(spark, settings, ds)
+        if samples_on is None or ds in samples_on:
             run_samples(spark, settings, ds)
 
-    return built_once(tmp_path_factory, "spark-lake", build)
+
+@pytest.fixture(scope="session")
+def spark_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Home of a lake the tests only read: the default tiny world's raw files of
+    :data:`SPARK_LAKE_DAYS`, each day ingested, aggregated and sampled in order by the Spark
+    jobs (no gates). Built once per test session, whichever worker asks first."""
+    return built_once(
+        tmp_path_factory,
+        "spark-lake",
+        lambda home: run_spark_days(spark, make_settings(home), SPARK_LAKE_DAYS),
+    )
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from keep.sources import generator
 from spark_jobs.aggregate import run_aggregate, run_seed_state
 from spark_jobs.ingest import run_ingest
 from spark_jobs.samples import run_samples
-from tests.conftest import built_once, make_settings
+from tests.conftest import built_once, make_settings, run_spark_days
 
 EPOCH = dt.date(2026, 1, 1)
 WINDOWS = [1, 2, 3, 5]
@@ -144,19 +144,6 @@ def normalise(seq: list[tuple]) -> list[tuple]:
 # --------------------------------------------------------------------------- fixtures
 
 
-def run_days(
-    spark: SparkSession, home: Path, days: list[dt.date], samples_on: Collection[dt.date]
-) -> None:
-    """Land, ingest and aggregate ``days`` in order in ``home``; samples on ``samples_on``."""
-    settings = tiny(home)
-    for ds in days:
-        generator.write_day(settings, ds)
-        run_ingest(spark, settings, ds)
-        run_aggregate(spark, settings, ds)
-        if ds in samples_on:
-            run_samples(spark, settings, ds)
-
-
 def extend(
     tmp_path_factory: pytest.TempPathFactory, name: str, start: Path, build: Callable[[Path], None]
 ) -> Path:
@@ -174,13 +161,15 @@ def first_days(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) ->
     """Homes of the history's first day and of its first three days (samples every day),
     each built once per test session: where the backfill test's two lakes start from."""
     one = built_once(
-        tmp_path_factory, "aggregate-1day", lambda home: run_days(spark, home, HISTORY[:1], HISTORY)
+        tmp_path_factory,
+        "aggregate-1day",
+        lambda home: run_spark_days(spark, tiny(home), HISTORY[:1]),
     )
     three = extend(
         tmp_path_factory,
         "aggregate-3days",
         one,
-        lambda home: run_days(spark, home, HISTORY[1:3], HISTORY),
+        lambda home: run_spark_days(spark, tiny(home), HISTORY[1:3]),
     )
     return [one, three]
 
@@ -196,7 +185,7 @@ def history(
         tmp_path_factory,
         "aggregate-history",
         first_days[-1],
-        lambda home: run_days(spark, home, HISTORY[3:], SAMPLE_DAYS),
+        lambda home: run_spark_days(spark, tiny(home), HISTORY[3:], SAMPLE_DAYS),
     )
     return tiny(home)
 
