@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import os
@@ -56,17 +57,29 @@ def let_postgres_in(path: Path) -> None:
             folder.chmod(mode | 0o001)
 
 
+def _session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The temp folder every xdist worker of this test session shares."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` across the session's worker processes."""
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def built_once(
     tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]
 ) -> Path:
     """A folder ``build`` fills once per test session, whichever xdist worker asks first
     (the others wait on a lock in the session's shared temp folder, then reuse it): for
     fixtures that are costly to build and only read by their tests (a lake of many days)."""
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    shared = _session_dir(tmp_path_factory)
     folder = shared / name
-    with open(shared / f"{name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(shared / f"{name}.lock"):
         if not (folder / ".built").is_file():
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
@@ -120,6 +133,29 @@ def spark_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) ->
         "spark-lake",
         lambda home: run_spark_days(spark, make_settings(home), SPARK_LAKE_DAYS),
     )
+
+
+@pytest.fixture(scope="session")
+def spark_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``spark.remote`` of a Spark server (keep.lake.spark_server) shared by the tests whose
+    days run under Airflow as Spark Connect clients: one JVM, warmed by the first of them,
+    instead of a cold one per test. Started by the first worker that asks, stopped when the
+    last worker that asked is done (each worker signs in under ``users/``)."""
+    from keep.lake import spark_server
+
+    shared = _session_dir(tmp_path_factory)
+    folder = shared / "spark-server"
+    users = folder / "users"
+    me = users / os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with _locked(shared / "spark-server.lock"):
+        users.mkdir(parents=True, exist_ok=True)
+        server = spark_server.start(make_settings(shared / "spark-server-home"), folder)
+        me.touch()
+    yield server.url
+    with _locked(shared / "spark-server.lock"):
+        me.unlink(missing_ok=True)
+        if not any(users.iterdir()):
+            spark_server.stop_dir(folder)
 
 
 @pytest.fixture

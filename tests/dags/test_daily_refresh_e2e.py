@@ -2,6 +2,8 @@
 
 A temporary KEEP home holds the raw files, the lake and ``AIRFLOW_HOME`` (SQLite metadata
 DB); the Airflow subprocess gets the test's settings through the generated environment.
+Its Spark tasks are Spark Connect clients of the test session's Spark server, as
+``keep run --via airflow`` runs them on one.
 The result is read back without Spark (``deltalake``) and compared with the raw files.
 """
 
@@ -35,8 +37,10 @@ def raw_impression_ids(raw_root: Path, ds: dt.date) -> list[str]:
 
 
 @pytest.mark.slow
-def test_one_day_through_airflow(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, airflow={"api_port": free_port()})
+def test_one_day_through_airflow(tmp_path: Path, spark_server_url: str) -> None:
+    settings = make_settings(
+        tmp_path, airflow={"api_port": free_port()}, spark={"remote": spark_server_url}
+    )
 
     started = time.monotonic()
     assert init_airflow(settings) is True

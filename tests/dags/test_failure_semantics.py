@@ -2,7 +2,8 @@
 
 A failed gate is deterministic: its task fails at once, on its first try, although the DAG
 allows retries. An infrastructure error (here: Spark cannot start, its jars are missing) is
-retried ``airflow.retries`` times. Both runs go through ``airflow dags test`` (SQLite); an
+retried ``airflow.retries`` times. Day 1's Spark steps run on the test session's Spark
+server; day 2's tasks start their own Spark (there is no server to fall back on). Both runs go through ``airflow dags test`` (SQLite); an
 API server is then started over that database to read each task instance's try count.
 """
 
@@ -21,11 +22,16 @@ D1, D2 = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
 
 
 @pytest.mark.slow
-def test_a_failed_gate_is_not_retried_an_infrastructure_error_is(tmp_path: Path) -> None:
+def test_a_failed_gate_is_not_retried_an_infrastructure_error_is(
+    tmp_path: Path, spark_server_url: str
+) -> None:
     airflow = {"demo_mode": True, "retries": 2, "retry_delay_s": 1, "api_port": free_port()}
     # No quarantine rate can be <= -1 %: the ingest gate fails (deterministically).
     failing_gate = make_settings(
-        tmp_path, airflow=airflow, validation={"max_quarantine_rate": -0.01}
+        tmp_path,
+        airflow=airflow,
+        validation={"max_quarantine_rate": -0.01},
+        spark={"remote": spark_server_url},
     )
     with pytest.raises(AirflowCommandError, match="exited with code"):
         dags_test(failing_gate, D1, timeout=900)

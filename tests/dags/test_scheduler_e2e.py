@@ -1,13 +1,15 @@
 """Both DAGs under a real, running Airflow on PostgreSQL, with a scheduler crash in the middle.
 
 ``keep airflow up`` starts the private PostgreSQL, the scheduler (LocalExecutor), the DAG
-processor and the API server for a temporary KEEP home whose schedule is two days long.
+processor and the API server for a temporary KEEP home whose schedule is two days long;
+``spark.remote`` names the test session's Spark server, so the Spark tasks are its clients
+(as with the server ``keep airflow up`` starts when none is named).
 Unpausing the daily DAG makes the scheduler catch up both days by itself, in order (as after
 an outage). Each publication's ``keep_knowledge`` Asset event triggers the downstream DAG,
 which registers one model version per knowledge snapshot.
 
 While day 2 aggregates (a Spark job mid-write), the scheduler and everything it started --
-executor worker, task, JVM -- are killed with SIGKILL, as a crashed host would lose them;
+executor worker, task (the Spark client) -- are killed with SIGKILL, as a crashed host would lose them;
 ``keep airflow up`` restarts the scheduler. The day must then finish exactly once, and every
 table must equal, row for row, an uninterrupted run of the same days in another home (the test
 session's shared lake, ``spark_lake``, for the Spark steps; every other step in-process). Finally ``keep airflow down`` must leave no process behind.
@@ -42,11 +44,12 @@ TABLES = (*LAKE_TABLES, "knowledge/user", "knowledge/item", "knowledge/user_cate
 TABLES += ("gold/downstream_training_set",)
 
 
-def _settings(home: Path, **airflow: Any) -> Settings:
+def _settings(home: Path, remote: str | None = None, **airflow: Any) -> Settings:
     return make_settings(
         home,
         airflow={"demo_mode": True, **airflow},
         pipeline={"start_ds": D1, "end_ds": D2, "schedule_end_ds": D2},
+        spark={"remote": remote},
     )
 
 
@@ -101,11 +104,12 @@ def _versions(settings: Settings) -> list[tuple[str, str, list[str], bool]]:
 # on a loaded 2-core machine, more than the suite's default per-test limit.
 @pytest.mark.timeout(2700)
 def test_scheduler_runs_both_dags_and_survives_a_crash(
-    request: pytest.FixtureRequest, tmp_path: Path
+    request: pytest.FixtureRequest, tmp_path: Path, spark_server_url: str
 ) -> None:
     let_postgres_in(tmp_path)
     settings = _settings(
         tmp_path / "scheduled",
+        spark_server_url,
         postgres_port=free_port(),
         api_port=free_port(),
         retry_delay_s=5,
@@ -134,7 +138,7 @@ def test_scheduler_runs_both_dags_and_survives_a_crash(
         killed = _kill_tree(scheduler)
         timings["killed_at"] = time.monotonic() - began
         killed_when = dt.datetime.now(dt.UTC)
-        assert len(killed) >= 3, killed  # scheduler, executor worker, task (+ JVM)
+        assert len(killed) >= 3, killed  # scheduler, executor worker, task
         airflow_services.up(settings)  # restarts what is not running: the scheduler
 
         wait_for("both days and both model versions", lambda: _finished(client), 1500)

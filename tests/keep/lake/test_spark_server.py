@@ -3,6 +3,8 @@
 Real server (``spark-submit ... SparkConnectServer`` from the pyspark wheel), real steps
 run through the CLI in child processes (a process that made a Spark Connect session puts
 pyspark in Connect mode for good, so the remote steps never share the test's process).
+The steps run on the test session's server (started the same way, already warm), while
+this test starts, queries and stops a server of its own with the CLI.
 """
 
 from __future__ import annotations
@@ -39,13 +41,15 @@ def keep_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]
 
 
 @pytest.mark.slow
-def test_steps_run_on_the_server_and_write_tables_every_reader_can_read(tmp_path: Path) -> None:
+def test_steps_run_on_the_server_and_write_tables_every_reader_can_read(
+    tmp_path: Path, spark_server_url: str
+) -> None:
     settings = make_settings(tmp_path)
     directory = spark_server.server_dir(settings)
     server = spark_server.start(settings, directory)
     try:
         assert spark_server.start(settings, directory) == server  # idempotent
-        remote = spark_server.with_remote(settings, server)
+        remote = make_settings(tmp_path, spark={"remote": spark_server_url})
         paths = generator.write_day(settings, DS)
         lines = sum(1 for _ in paths["impressions"].open())
 
