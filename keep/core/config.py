@@ -227,6 +227,10 @@ class AirflowSettings(Section):
     # their Spark jobs on it: one warm JVM instead of one JVM start per Spark task. Ignored
     # when spark.remote already names a server. False: every task starts its own Spark.
     spark_server: bool = True
+    # The scheduler of `keep airflow up` imports the libraries the tasks use once
+    # (keep.flows.airflow_preload): its LocalExecutor forks every task process from it, so
+    # each task starts with them loaded instead of importing them again (~2 CPU-s a task).
+    preload_modules: bool = True
 
 
 class AggregateSettings(Section):

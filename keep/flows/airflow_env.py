@@ -68,6 +68,9 @@ from keep.core.files import write_secret
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = REPO_ROOT / "dags"
+# Airflow's local-settings hook (airflow_local_settings.py): the scheduler preloads the
+# tasks' libraries (keep.flows.airflow_preload, airflow.preload_modules).
+LOCAL_SETTINGS_FOLDER = REPO_ROOT / "airflow_settings"
 DAG_ID = "keep_daily_refresh"
 DOWNSTREAM_DAG_ID = "keep_downstream_ctr"
 
@@ -200,6 +203,8 @@ def airflow_environ(settings: Settings, *, services: bool = False) -> dict[str, 
                 ),
             }
         )
+        if settings.airflow.preload_modules:
+            env["PYTHONPATH"] = os.pathsep.join([str(LOCAL_SETTINGS_FOLDER), env["PYTHONPATH"]])
     else:
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{metadata_db(settings)}"
     for section in _SECTIONS:

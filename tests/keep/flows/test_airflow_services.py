@@ -27,6 +27,7 @@ from keep.flows.airflow_api import AirflowApiError, AirflowClient
 from keep.flows.airflow_env import (
     COMPUTE_POOL,
     DAG_ID,
+    LOCAL_SETTINGS_FOLDER,
     airflow_environ,
     command_environ,
     database_url_file,
@@ -113,10 +114,16 @@ def test_services_environment_keeps_the_password_out(tmp_path: Path) -> None:
     env = airflow_environ(other, services=True)
     assert env["AIRFLOW__CORE__AUTH_MANAGER"] == "example.AuthManager"
     assert "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS" not in env
-    # The embedded mode (airflow dags test) keeps its SQLite DB.
+    # The services find the local-settings hook that preloads the tasks' libraries.
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(LOCAL_SETTINGS_FOLDER)
+    assert (LOCAL_SETTINGS_FOLDER / "airflow_local_settings.py").is_file()
+    other.airflow.preload_modules = False
+    assert str(LOCAL_SETTINGS_FOLDER) not in airflow_environ(other, services=True)["PYTHONPATH"]
+    # The embedded mode (airflow dags test) keeps its SQLite DB; its tasks share one process.
     embedded = airflow_environ(settings)
     assert embedded["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite:////")
     assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD" not in embedded
+    assert str(LOCAL_SETTINGS_FOLDER) not in embedded["PYTHONPATH"]
 
 
 def test_keep_config_masks_the_database_password(
@@ -186,6 +193,11 @@ def task_state(client: AirflowClient, task_id: str, state: str) -> dict[str, Any
     return None
 
 
+def _maps_torch(pid: int) -> bool:
+    """Whether process ``pid`` has torch's C++ library loaded."""
+    return any("libtorch_cpu" in m.path for m in psutil.Process(pid).memory_maps())
+
+
 @pytest.mark.slow
 def test_up_status_rest_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     today = dt.datetime.now(dt.UTC).date()
@@ -226,6 +238,12 @@ def test_up_status_rest_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         for name in airflow_services.SERVICES:
             environ = psutil.Process(int(pid_file(settings, name).read_text())).environ()
             assert not any(password in value for value in environ.values()), name
+        # The scheduler preloaded the tasks' libraries (torch's library is mapped in it),
+        # the other services did not.
+        assert {
+            name: _maps_torch(int(pid_file(settings, name).read_text()))
+            for name in airflow_services.SERVICES
+        } == {"scheduler": True, "dag-processor": False, "api-server": False}
 
         client = AirflowClient.for_settings(settings)
         started = time.monotonic()
