@@ -88,6 +88,58 @@ def built_once(
     return folder
 
 
+# --------------------------------------------------------------------------- scheduling
+#
+# Every test that uses the in-process SparkSession (the ``spark`` fixture, directly or through
+# another fixture) joins the xdist group ``spark``, and ``--dist loadgroup`` (pyproject's
+# addopts) runs a group on one worker: one JVM started and warmed up (JIT) for all of them,
+# not one per worker. Largest units are scheduled first, so the other worker takes the rest.
+#
+# xdist 3.8 names a group by a suffix on the test's node id, which pytest 9 no longer lets it
+# set; so each worker records the groups it collected in pytest's cache and the controller's
+# scheduler (xdist's public ``pytest_xdist_make_scheduler`` hook) reads them from there.
+GROUPS_CACHE_KEY = "keep/xdist-groups"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("spark"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and getattr(config, "cache", None) is not None:
+        groups = {
+            item.nodeid: "_".join(sorted(str(m.args[0]) for m in marks))
+            for item in items
+            if (marks := list(item.iter_markers("xdist_group")))
+        }
+        config.cache.set(f"{GROUPS_CACHE_KEY}/{worker}", groups)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadgroup" or getattr(config, "cache", None) is None:
+        return None  # xdist's own scheduler
+    from xdist.scheduler import LoadScopeScheduling
+
+    cache = config.cache
+
+    class GroupScheduling(LoadScopeScheduling):
+        """xdist's ``loadgroup``: a group is one unit of work, every other test its own."""
+
+        groups: dict[str, str] | None = None
+
+        def _split_scope(self, nodeid: str) -> str:
+            if self.groups is None:  # read once, after every worker collected
+                self.groups = {}
+                for node in self.nodes:
+                    key = f"{GROUPS_CACHE_KEY}/{node.gateway.id}"
+                    self.groups.update(cache.get(key, {}))
+            group = self.groups.get(nodeid)
+            return f"@group:{group}" if group else nodeid
+
+    return GroupScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     settings = make_settings(tmp_path_factory.mktemp("spark-home"))
@@ -124,14 +176,17 @@ def run_spark_days(
 
 
 @pytest.fixture(scope="session")
-def spark_lake(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def spark_lake(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Home of a lake the tests only read: the default tiny world's raw files of
     :data:`SPARK_LAKE_DAYS`, each day ingested, aggregated and sampled in order by the Spark
-    jobs (no gates). Built once per test session, whichever worker asks first."""
+    jobs (no gates). Built once per test session, whichever worker asks first; the
+    SparkSession is asked for only to build it (a worker that finds it built starts none)."""
     return built_once(
         tmp_path_factory,
         "spark-lake",
-        lambda home: run_spark_days(spark, make_settings(home), SPARK_LAKE_DAYS),
+        lambda home: run_spark_days(
+            request.getfixturevalue("spark"), make_settings(home), SPARK_LAKE_DAYS
+        ),
     )
 
 
