@@ -93,7 +93,8 @@ def built_once(
 # Every test that uses the in-process SparkSession (the ``spark`` fixture, directly or through
 # another fixture) joins the xdist group ``spark``, and ``--dist loadgroup`` (pyproject's
 # addopts) runs a group on one worker: one JVM started and warmed up (JIT) for all of them,
-# not one per worker. Largest units are scheduled first, so the other worker takes the rest.
+# not one per worker. Largest units are scheduled first, so the other worker takes the rest,
+# slow tests (``@pytest.mark.slow``) before the others.
 #
 # xdist 3.8 names a group by a suffix on the test's node id, which pytest 9 no longer lets it
 # set; so each worker records the groups it collected in pytest's cache and the controller's
@@ -101,8 +102,11 @@ def built_once(
 GROUPS_CACHE_KEY = "keep/xdist-groups"
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The long tests first (in collection order otherwise): the short ones then fill both
+    # workers to the end, instead of one long test running alone at the end.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     for item in items:
         if "spark" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("spark"))
