@@ -96,9 +96,10 @@ def built_once(
 # not one per worker. Largest units are scheduled first, so the other worker takes the rest,
 # slow tests (``@pytest.mark.slow``) before the others.
 #
-# xdist 3.8 names a group by a suffix on the test's node id, which pytest 9 no longer lets it
-# set; so each worker records the groups it collected in pytest's cache and the controller's
-# scheduler (xdist's public ``pytest_xdist_make_scheduler`` hook) reads them from there.
+# xdist 3.8 names a group by a suffix on the test's node id, which pytest 9.2 no longer lets
+# it set (pytest-xdist issue #1386: the groups are silently ignored); so each worker records
+# the groups it collected in pytest's cache and the controller's scheduler (xdist's public
+# ``pytest_xdist_make_scheduler`` hook) reads them from there.
 GROUPS_CACHE_KEY = "keep/xdist-groups"
 
 
