@@ -24,6 +24,11 @@ GROUPS_CACHE_KEY = "keep/xdist-groups"
 SPARK_GROUP = "spark"
 
 
+def _group_name(mark: pytest.Mark) -> str:
+    """The group an ``xdist_group`` mark names, as xdist reads it (positional or ``name=``)."""
+    return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # The long tests first (in collection order otherwise): the short ones then fill both
@@ -35,7 +40,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker and getattr(config, "cache", None) is not None:
         groups = {
-            item.nodeid: "_".join(sorted(str(m.args[0]) for m in marks))
+            item.nodeid: "_".join(sorted(_group_name(m) for m in marks))
             for item in items
             if (marks := list(item.iter_markers("xdist_group")))
         }
