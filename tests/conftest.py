@@ -142,6 +142,31 @@ def spark_lake(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture(scope="session")
+def knowledge_lake(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Home of the shared lake's first two days carried through every other daily step in
+    this process, day after day, as ``keep run`` runs them: the lake gates, pre-training,
+    export, knowledge gate, publication (its Asset event handled as the downstream DAG
+    does: one model version per snapshot) and maintenance. Built once per test session
+    from a copy of :func:`spark_lake`; tests only read it or copy it."""
+    from keep.flows import downstream, pipeline
+
+    def build(home: Path) -> None:
+        lake = request.getfixturevalue("spark_lake")
+        shutil.copytree(lake, home, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".built"))
+        settings = make_settings(home)
+        for ds in SPARK_LAKE_DAYS[:2]:
+            for name in pipeline.STEPS:
+                if name not in SPARK_STEPS:
+                    outcome = pipeline.run_step(settings, name, ds)["result"]
+                    if name == "publish_knowledge":
+                        assert downstream.run_event(settings, [outcome])["status"] == "registered"
+
+    return built_once(tmp_path_factory, "knowledge-lake", build)
+
+
+@pytest.fixture(scope="session")
 def spark_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``spark.remote`` of a Spark server (keep.lake.spark_server) shared by the tests whose
     days run under Airflow as Spark Connect clients: one JVM, warmed by the first of them,

@@ -70,7 +70,9 @@ def test_spark_tests_share_one_worker_and_slow_tests_go_first(tmp_path: Path) ->
     (tmp_path / "conftest.py").write_text(CONFTEST)
     (tmp_path / "test_spread.py").write_text(TESTS)
     where = tmp_path / "where.jsonl"
-    env = {**os.environ, "WHERE": str(where), "PYTHONPATH": str(REPO)}
+    # The small project's own session: options meant for the suite's (PYTEST_ADDOPTS) stay out.
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    env |= {"WHERE": str(where), "PYTHONPATH": str(REPO)}
     run = subprocess.run(
         [
             sys.executable,

@@ -9,17 +9,17 @@ an outage). Each publication's ``keep_knowledge`` Asset event triggers the downs
 which registers one model version per knowledge snapshot.
 
 While day 2 aggregates (a Spark job mid-write), the scheduler and everything it started --
-executor worker, task (the Spark client) -- are killed with SIGKILL, as a crashed host would lose them;
-``keep airflow up`` restarts the scheduler. The day must then finish exactly once, and every
-table must equal, row for row, an uninterrupted run of the same days in another home (the test
-session's shared lake, ``spark_lake``, for the Spark steps; every other step in-process). Finally ``keep airflow down`` must leave no process behind.
+executor worker, task (the Spark client) -- are killed with SIGKILL, as a crashed host would
+lose them; ``keep airflow up`` restarts the scheduler. The day must then finish exactly once,
+and every table must equal, row for row, an uninterrupted run of the same days in another
+home (the test session's ``knowledge_lake``: the Spark steps by the same jobs, every other
+step in one process). Finally ``keep airflow down`` must leave no process behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -29,11 +29,11 @@ import psutil
 import pytest
 
 from keep.core.config import Settings
-from keep.flows import airflow_services, downstream, pipeline
+from keep.flows import airflow_services
 from keep.flows.airflow_api import AirflowClient
 from keep.flows.airflow_env import DAG_ID, DOWNSTREAM_DAG_ID
 from keep.store import model_registry as registry
-from tests.conftest import SPARK_LAKE_DAYS, SPARK_STEPS, free_port, let_postgres_in, make_settings
+from tests.conftest import SPARK_LAKE_DAYS, free_port, let_postgres_in, make_settings
 from tests.dags.lake_checksums import LAKE_TABLES, lake_checksums
 from tests.keep.flows.test_airflow_services import leftovers, wait_for
 from tests.keep.store.test_postgres_server import postmasters
@@ -203,19 +203,11 @@ def test_scheduler_runs_both_dags_and_survives_a_crash(
     assert postmasters(airflow_services.postgres_dir(settings) / "data") == []
     assert not [pid for pid in killed if psutil.pid_exists(pid) and _alive(pid)]
 
-    # The uninterrupted reference, in another home: a copy of the session's shared lake (the
-    # Spark steps of these days, run in order by the same jobs; asked for only now, when
-    # another test has most likely built it), then every other step of each day in this
-    # process, in order, as `keep run` runs them.
-    spark_lake: Path = request.getfixturevalue("spark_lake")
-    reference = _settings(tmp_path / "reference")
-    shutil.copytree(spark_lake, reference.home)
-    for ds in DAYS:
-        for name in pipeline.STEPS:
-            if name not in SPARK_STEPS:
-                outcome = pipeline.run_step(reference, name, ds)["result"]
-                if name == "publish_knowledge":  # what the Asset event triggers
-                    assert downstream.run_event(reference, [outcome])["status"] == "registered"
+    # The uninterrupted reference, in another home: the session's shared lake of these days
+    # (the Spark steps run in order by the same jobs), every other step of each day run in
+    # one process, in order, as `keep run` runs them, each publication's event handled as
+    # the downstream DAG does (asked for only now, when another test has most likely built it).
+    reference = make_settings(request.getfixturevalue("knowledge_lake"))
 
     # The crash changed nothing: every table equals the uninterrupted run's (the lake tables'
     # days of this run: the shared lake has one more), and so do the registered versions

@@ -37,11 +37,11 @@ from spark_jobs.samples import run_samples
 from tests.conftest import built_once, make_settings, run_spark_days
 
 EPOCH = dt.date(2026, 1, 1)
-WINDOWS = [1, 2, 3, 5]
+WINDOWS = [1, 2, 3, 4]
 LENGTH = 5
-# Six days: the 5-day window expires the first day on the last one.
-HISTORY = [EPOCH + dt.timedelta(days=i) for i in range(6)]
-SAMPLE_DAYS = (HISTORY[3], HISTORY[5])
+# Five days: the 4-day window expires the first day on the last one.
+HISTORY = [EPOCH + dt.timedelta(days=i) for i in range(5)]
+SAMPLE_DAYS = (HISTORY[3], HISTORY[4])
 
 
 def tiny(home: Path, **aggregate: object) -> Settings:
@@ -178,14 +178,13 @@ def first_days(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) ->
 def history(
     spark: SparkSession, tmp_path_factory: pytest.TempPathFactory, first_days: list[Path]
 ) -> Settings:
-    """Six days landed, ingested and aggregated in order (built once per test session, read
-    by the tests of this module on any worker); samples on the first three days and on
-    :data:`SAMPLE_DAYS`."""
+    """Five days landed, ingested and aggregated in order (built once per test session, read
+    by the tests of this module on any worker), sampled every day."""
     home = extend(
         tmp_path_factory,
         "aggregate-history",
         first_days[-1],
-        lambda home: run_spark_days(spark, tiny(home), HISTORY[3:], SAMPLE_DAYS),
+        lambda home: run_spark_days(spark, tiny(home), HISTORY[3:]),
     )
     return tiny(home)
 
@@ -220,10 +219,11 @@ def test_incremental_state_equals_full_recomputation(history: Settings) -> None:
         want_seq = {u: normalise(s) for u, s in expected_sequences(events, ds).items()}
         assert got_seq == want_seq, ds
         assert (sequences["seq_len"] == sequences["behaviors"].map(len)).all()
-    # The windows really expired rows: some key's 5-day count differs from its all-time count.
-    last = read(history, "silver.user_stats", HISTORY[-1])
-    assert (last["impressions_1d"] < last["impressions_5d"]).any()
-    assert len(events[events["ds"] < (HISTORY[-1] - dt.timedelta(days=4)).isoformat()]) > 0
+    # The windows really expired rows: on the last day, some user's 4-day count is below
+    # the count of all their impressions so far (the first day fell out of the window).
+    last = read(history, "silver.user_stats", HISTORY[-1]).set_index("user_id")["impressions_4d"]
+    all_time = events.groupby("user_id").size().reindex(last.index)
+    assert (last < all_time).any()
 
 
 @pytest.mark.slow
@@ -349,27 +349,27 @@ def test_seed_equals_the_incremental_path_and_the_next_day_continues_it(
 ) -> None:
     """The seed (one full recomputation) leaves exactly the state the daily job leaves.
 
-    Windows 1 and 2 days and no snapshot retention, so that retention removes daily counts
-    and snapshots within a few days: every silver table is then compared whole.
+    A 1-day window and no snapshot retention, so that retention removes daily counts and
+    snapshots within a few days: every silver table is then compared whole.
     """
-    params = {"windows": [1, 2], "snapshot_retention_days": 0}
+    params = {"windows": [1], "snapshot_retention_days": 0}
     incremental = tiny(tmp_path / "incremental", **params)
     seeded = tiny(tmp_path / "seeded", **params)
     for target in (incremental, seeded):
         for layer in ("bronze", "dim"):  # the history's bronze, ingested once
             shutil.copytree(history.lake.root / layer, target.lake.root / layer)
-    *built, seed_day, next_day = HISTORY[:6]
+    *built, seed_day, next_day = HISTORY
     for ds in [*built, seed_day]:
         run_aggregate(spark, incremental, ds)
     run_seed_state(spark, seeded, seed_day)
 
     assert _silver(seeded) == _silver(incremental)
-    # Retention kept the daily counts of the last 2 + 1 + 1 days and one snapshot.
-    assert _days(seeded, "daily_counts") == [d.isoformat() for d in HISTORY[1:5]]
+    # Retention kept the daily counts of the last 1 + 1 + 1 days and one snapshot.
+    assert _days(seeded, "daily_counts") == [d.isoformat() for d in HISTORY[1:4]]
     assert _days(seeded, "user_stats") == [seed_day.isoformat()]
     assert len(read(seeded, USER_BEHAVIOR.name)) > 0
 
     for settings in (incremental, seeded):
         run_aggregate(spark, settings, next_day)
     assert _silver(seeded) == _silver(incremental)
-    assert _days(seeded, "daily_counts") == [d.isoformat() for d in HISTORY[2:6]]
+    assert _days(seeded, "daily_counts") == [d.isoformat() for d in HISTORY[2:5]]

@@ -2,10 +2,11 @@
 pre-training derived from them (checkpoints in their own lineage, knowledge snapshots, their
 gate reports, the live snapshot).
 
-The slow test starts from three days of the tests' tiny world through the Spark steps (a
-copy of the test session's shared lake, ``spark_lake``), runs the rest of the daily steps on
-them in this process (without the lake gates and the downstream step, which have their own
-tests), day 3 starting a new lineage, then repairs day 2 and backfills it both ways.
+The slow test starts from three days of the tests' tiny world through the Spark steps, the
+first two of them through every other daily step too (a copy of the test session's
+``knowledge_lake``), runs day 3's pre-training, export, knowledge gate and publication in
+this process (day 3 starting a new lineage, which the downstream model then follows), then
+repairs day 2 and backfills it both ways.
 """
 
 from __future__ import annotations
@@ -22,21 +23,14 @@ from pyspark.sql import SparkSession
 from typer.testing import CliRunner
 
 from keep.core.config import Settings
-from keep.flows import pipeline
+from keep.flows import downstream, pipeline
 from keep.lake import knowledge, raw_format
-from tests.conftest import SPARK_LAKE_DAYS, SPARK_STEPS, make_settings
+from tests.conftest import SPARK_LAKE_DAYS, make_settings
 
 DAYS = SPARK_LAKE_DAYS
-# The daily steps that build the history: every one up to the publication but the lake
-# gates (the knowledge gate stays: publication needs its report). The shared lake has run
-# the Spark ones on these days.
-HISTORY_STEPS = (
-    *SPARK_STEPS,
-    "pretrain",
-    "export_knowledge",
-    "validate_knowledge",
-    "publish_knowledge",
-)
+# The steps that carry day 3 to a published snapshot (the knowledge gate included:
+# publication needs its report); the knowledge lake ran its Spark steps.
+DAY3_STEPS = ("pretrain", "export_knowledge", "validate_knowledge", "publish_knowledge")
 
 
 def change_day(settings: Settings, ds: dt.date) -> None:
@@ -65,7 +59,7 @@ def manifest(settings: Settings, lineage: str, ds: dt.date) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_backfill_through_knowledge_recomputes_checkpoints_snapshots_and_the_live_one(
-    spark: SparkSession, spark_lake: Path, tmp_path: Path
+    spark: SparkSession, knowledge_lake: Path, tmp_path: Path
 ) -> None:
     from keep.store.publication import read_pointer
     from models.pretrain.checkpoint import (
@@ -77,11 +71,13 @@ def test_backfill_through_knowledge_recomputes_checkpoints_snapshots_and_the_liv
     )
 
     settings = make_settings(tmp_path / "home", pretrain={"full_retrain_on": [DAYS[2]]})
-    assert set(HISTORY_STEPS) <= set(pipeline.STEPS)
-    shutil.copytree(spark_lake, settings.home)
-    for ds in DAYS:
-        for name in HISTORY_STEPS[len(SPARK_STEPS) :]:
-            pipeline.run_step(settings, name, ds)
+    assert set(DAY3_STEPS) <= set(pipeline.STEPS)
+    shutil.copytree(knowledge_lake, settings.home)
+    for name in DAY3_STEPS:
+        outcome = pipeline.run_step(settings, name, DAYS[2])["result"]
+    # The downstream model follows the new lineage, as the downstream DAG does after each
+    # publication (a live model stays pinned to its lineage's snapshot until then).
+    assert downstream.run_event(settings, [outcome])["status"] == "registered"
     first, second = lineages(settings)
     assert checkpoint_days(settings, first) == DAYS[:2]
     assert checkpoint_days(settings, second) == DAYS[2:]
