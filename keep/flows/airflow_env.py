@@ -207,6 +207,8 @@ def airflow_environ(settings: Settings, *, services: bool = False) -> dict[str, 
             env["PYTHONPATH"] = os.pathsep.join([str(LOCAL_SETTINGS_FOLDER), env["PYTHONPATH"]])
     else:
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{metadata_db(settings)}"
+        # The hook lets `airflow dags test` skip the garbage collection of its exit.
+        env["PYTHONPATH"] = os.pathsep.join([str(LOCAL_SETTINGS_FOLDER), env["PYTHONPATH"]])
     for section in _SECTIONS:
         if section == "feast":
             env["KEEP_FEAST"] = _feast_for_tasks(settings)

@@ -94,6 +94,15 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         # 1-2 s per read here (bench/read_listing.py). On an object store with many
         # thousands of files per read, lower it in spark.extra_conf.
         "spark.sql.sources.parallelPartitionDiscovery.threshold": str(LISTING_PATHS_IN_DRIVER),
+        # A day's partition is written as about one file per 64 MB of shuffled rows
+        # (spark.sql.adaptive.advisoryPartitionSizeInBytes), not one per shuffle partition:
+        # adaptive execution merges small shuffle partitions up to that size, also inside
+        # a persisted frame (ingest's classified rows). A small day is one file, so the
+        # daily maintenance has nothing to compact and commits nothing; a delta-rs commit
+        # would make Spark's next write rebuild the table's state (three Spark jobs,
+        # 0.5-1.2 s a table: docs/benchmarks.md). Larger days still get one task per 64 MB.
+        "spark.sql.adaptive.coalescePartitions.parallelismFirst": "false",
+        "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true",
     }
     conf.update(s.extra_conf)
     return conf

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -123,7 +124,39 @@ def test_services_environment_keeps_the_password_out(tmp_path: Path) -> None:
     embedded = airflow_environ(settings)
     assert embedded["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite:////")
     assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD" not in embedded
-    assert str(LOCAL_SETTINGS_FOLDER) not in embedded["PYTHONPATH"]
+    # ... and the local-settings hook (it freezes the heap at the exit of `dags test`).
+    assert embedded["PYTHONPATH"].split(os.pathsep)[0] == str(LOCAL_SETTINGS_FOLDER)
+
+
+@pytest.mark.parametrize(
+    ("argv", "frozen", "preloaded"),
+    [
+        (["airflow", "dags", "test", "keep_daily_refresh", "2026-01-02"], True, False),
+        (["airflow", "scheduler"], False, True),
+        (["airflow", "dag-processor"], False, False),
+    ],
+)
+def test_local_settings_hook_per_process(argv: list[str], frozen: bool, preloaded: bool) -> None:
+    """What Airflow's local-settings hook does in each kind of process: `airflow dags test`
+    (every task of a day in one process) freezes the heap at exit, so the interpreter's
+    final garbage collections skip the libraries' objects; the scheduler preloads the
+    tasks' libraries (itself checked in test_up_status_rest_down); other processes are left
+    alone."""
+    probe = (
+        "import atexit, gc, sys\n"
+        "import keep.flows.airflow_preload as preload\n"
+        "calls = []\n"
+        "preload.preload = lambda *args: calls.append(args) or []\n"
+        f"sys.argv = {argv!r}\n"
+        "import airflow_local_settings\n"
+        "atexit._run_exitfuncs()\n"
+        "print(gc.get_freeze_count() > 0, bool(calls))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(LOCAL_SETTINGS_FOLDER), "."])}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [str(frozen), str(preloaded)]
 
 
 def test_keep_config_masks_the_database_password(

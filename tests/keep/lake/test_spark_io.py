@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 
 from keep.core.config import Settings
 from keep.core.tables import DIM_USERS
 from keep.lake import delta
 from keep.lake import spark_io as lake
-from tests.conftest import make_settings
+from tests.conftest import SPARK_LAKE_DAYS, make_settings
 
 D1 = dt.date(2026, 1, 1)
 D2 = dt.date(2026, 1, 2)
@@ -111,6 +114,31 @@ def test_a_read_of_many_files_lists_them_without_a_spark_job(
     finally:
         context.setJobGroup("other", "")
     assert users(day) == [(u, D1.isoformat()) for u in range(120)]
+
+
+def test_a_small_day_is_one_file_per_partition(spark: SparkSession, spark_lake: Path) -> None:
+    """Every Spark step writes a small day as one file per partition of each table (not one
+    per shuffle partition: two in the tests' settings), so the daily maintenance has nothing
+    to compact and commits nothing, and no later Spark write rebuilds a table's state."""
+    settings = make_settings(spark_lake)
+    assert settings.spark.shuffle_partitions == 2
+    files: dict[str, Counter[tuple[str, ...]]] = {}
+    for log in settings.lake.root.glob("*/*/_delta_log"):
+        actions = pa.table(DeltaTable(str(log.parent)).get_add_actions(flatten=True)).to_pydict()
+        keys = sorted(k for k in actions if k.startswith("partition."))
+        name = f"{log.parent.parent.name}.{log.parent.name}"
+        files[name] = Counter(zip(*(actions[k] for k in keys), strict=True))
+    for name in (
+        "bronze.impressions",
+        "dim.users",
+        "silver.daily_counts",
+        "silver.user_category_stats",
+        "gold.pretrain_samples",
+        "gold.downstream_samples",
+    ):
+        assert len(files[name]) >= len(SPARK_LAKE_DAYS), (name, files[name])
+    for name, per_partition in files.items():
+        assert set(per_partition.values()) <= {1}, (name, per_partition)
 
 
 def _commits(settings: Settings) -> list[tuple[str, str]]:
