@@ -9,7 +9,7 @@ the PYTHONPATH of ``airflow dags test`` (the embedded mode) and of the services 
 * In ``airflow dags test``, which runs every task of a day in one process, it freezes the
   heap at exit (``gc.freeze``): the interpreter's final garbage collections then skip the
   millions of objects of the libraries the tasks loaded (torch, Spark's client, Great
-  Expectations, Feast), about 3 s of a day's command spent after its last task. Everything
+  Expectations, Feast), about 4 s of a day's command spent after its last task. Everything
   a task writes is written and closed when its task ends; what the final collections
   would have freed is freed with the process.
 

@@ -100,7 +100,7 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         # a persisted frame (ingest's classified rows). A small day is one file, so the
         # daily maintenance has nothing to compact and commits nothing; a delta-rs commit
         # would make Spark's next write rebuild the table's state (three Spark jobs,
-        # 0.5-1.2 s a table: docs/benchmarks.md). Larger days still get one task per 64 MB.
+        # 0.4-1.3 s a table: docs/benchmarks.md). Larger days still get one task per 64 MB.
         "spark.sql.adaptive.coalescePartitions.parallelismFirst": "false",
         "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true",
     }

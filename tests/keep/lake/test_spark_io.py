@@ -143,8 +143,6 @@ def test_a_small_day_is_one_file_per_partition(spark: SparkSession, spark_lake: 
 
 def _commits(settings: Settings) -> list[tuple[str, str]]:
     """(operation, mode) of each commit of dim.users, oldest first, from its Delta log."""
-    from deltalake import DeltaTable
-
     history = DeltaTable(str(delta.table_path(settings, DIM_USERS))).history()
     return [(c["operation"], c["operationParameters"]["mode"]) for c in reversed(history)]
 
